@@ -1,0 +1,1 @@
+"""recognition_eval package."""
