@@ -1,18 +1,26 @@
 """kNN graph of L2-normalised features (cosine similarity), the input of every clustering method.
 
 ``KnnGraph``: ``nbrs`` int64 [N, k] and ``sims`` float32 [N, k], each row sorted by decreasing
-similarity with the query itself first; saved as ``knn.npz``.
+similarity with the query itself first; saved as ``knn.npz``. ``build_knn`` computes it with faiss.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from semiface.atomic import save_npz
-from semiface.errors import DataError
+from semiface.errors import ConfigError, DataError
+from semiface.features import check_features, l2_normalize
+
+log = logging.getLogger(__name__)
+
+# Train the IVF coarse quantizer on at most this many points per list (faiss warns below 39).
+_IVF_TRAIN_POINTS_PER_LIST = 64
 
 
 @dataclass(frozen=True)
@@ -49,3 +57,147 @@ class KnnGraph:
                 return cls(nbrs=data["nbrs"].astype(np.int64, copy=False), sims=data["sims"].astype(np.float32, copy=False))
         except KeyError as exc:
             raise DataError(path, f"kNN file lacks array {exc}") from exc
+
+    def edges(self, k: int | None = None, min_sim: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Directed edges (query, neighbour, similarity) over the first ``k`` neighbours, self excluded.
+
+        ``k`` counts the query itself (as ``build_knn``'s ``k`` does); ``min_sim`` keeps only edges
+        with similarity strictly above it.
+        """
+        k = self.k if k is None else k
+        if not 1 <= k <= self.k:
+            raise ConfigError(f"knn edges: k={k} must be between 1 and the graph's k={self.k}")
+        nbrs, sims = self.nbrs[:, :k], self.sims[:, :k]
+        src = np.repeat(np.arange(self.n, dtype=np.int64), k)
+        dst, w = nbrs.reshape(-1), sims.reshape(-1)
+        keep = src != dst
+        if min_sim is not None:
+            keep &= w > min_sim
+        return src[keep], dst[keep], w[keep]
+
+
+def build_knn(
+    features: np.ndarray,
+    k: int,
+    *,
+    exact_threshold: int = 200_000,
+    nprobe: int = 32,
+    nlist: int | None = None,
+    chunk_size: int = 65_536,
+    device: str = "auto",
+) -> KnnGraph:
+    """Cosine kNN graph (``k`` neighbours including the query itself) of ``features`` [N, D].
+
+    Rows are L2-normalised here chunk by chunk (the input, which may be a memory map, is never
+    copied whole nor modified). N < ``exact_threshold``: exact inner-product search
+    (``IndexFlatIP``); otherwise IVF-Flat with ``nlist`` lists (default ~4 sqrt(N)) searched over
+    ``nprobe`` lists, the recall knob. faiss runs on the GPU when ``device`` is ``auto`` or ``cuda``
+    and faiss sees a GPU, else on the CPU.
+
+    Peak memory, beyond the input: the index (N*D*4 bytes; IVF adds 8 bytes a row) + the result
+    (N*k*12 bytes) + one query chunk (``chunk_size``*(D + 2k)*4 bytes, ~100 MB for the defaults
+    with D=256, k=80) + faiss's fixed search blocks (~16 MB on CPU).
+
+    Rows are sorted by decreasing similarity; column 0 is always the query itself with similarity
+    1.0 (an exact duplicate that ties with it comes second); similarities are clipped to [-1, 1].
+    Raises DataError for NaN/inf or zero-norm rows and for k > N.
+    """
+    check_features(features, "features")
+    n, dim = features.shape
+    if k < 1:
+        raise ConfigError(f"build_knn: k must be >= 1, got {k}")
+    if k > n:
+        raise DataError("features", f"k={k} neighbours asked for but there are only N={n} rows")
+    if chunk_size < 1:
+        raise ConfigError(f"build_knn: chunk_size must be >= 1, got {chunk_size}")
+    use_gpu = _use_faiss_gpu(device)
+    exact = n < exact_threshold
+    index = _flat_index(dim, use_gpu) if exact else _ivf_index(features, nlist, nprobe, use_gpu)
+    for start in range(0, n, chunk_size):
+        index.add(_normalised_rows(features, start, chunk_size))
+
+    nbrs = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        queries = _normalised_rows(features, start, chunk_size)
+        chunk_sims, chunk_nbrs = index.search(queries, k)
+        if not exact:
+            _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs)
+        stop = start + len(queries)
+        nbrs[start:stop], sims[start:stop] = _put_self_first(chunk_nbrs, chunk_sims, np.arange(start, stop))
+    return KnnGraph(nbrs=nbrs, sims=sims)
+
+
+def _use_faiss_gpu(device: str) -> bool:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"build_knn: unknown device {device!r} (use auto, cpu or cuda)")
+    if device == "cpu":
+        return False
+    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if device.startswith("cuda") and not has_gpu:
+        log.warning("build_knn: device=%s asked for but faiss sees no GPU (faiss-cpu installed?); using CPU", device)
+    return has_gpu
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
+def _flat_index(dim: int, use_gpu: bool) -> faiss.Index:
+    index = faiss.IndexFlatIP(dim)
+    return _to_gpu(index) if use_gpu else index
+
+
+def _ivf_index(features: np.ndarray, nlist: int | None, nprobe: int, use_gpu: bool) -> faiss.Index:
+    n, dim = features.shape
+    if nlist is None:
+        nlist = int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+    if not 1 <= nlist <= n:
+        raise ConfigError(f"build_knn: nlist={nlist} must be between 1 and N={n}")
+    if nprobe < 1:
+        raise ConfigError(f"build_knn: nprobe must be >= 1, got {nprobe}")
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    if use_gpu:
+        index = _to_gpu(index)
+    n_train = min(n, _IVF_TRAIN_POINTS_PER_LIST * nlist)
+    rows = np.sort(np.random.default_rng(0).choice(n, size=n_train, replace=False))
+    index.train(l2_normalize(features[rows]))
+    index.nprobe = min(nprobe, nlist)  # IndexIVF and GpuIndexIVF share this attribute
+    return index
+
+
+def _normalised_rows(features: np.ndarray, start: int, chunk_size: int) -> np.ndarray:
+    return np.ascontiguousarray(l2_normalize(features[start : start + chunk_size]))
+
+
+def _research_incomplete_rows(index: faiss.Index, queries: np.ndarray, sims: np.ndarray, nbrs: np.ndarray) -> None:
+    """IVF returns id -1 when the probed lists hold fewer than k points: search those rows over every list."""
+    short = np.flatnonzero((nbrs < 0).any(axis=1))
+    if len(short) == 0:
+        return
+    saved = index.nprobe
+    index.nprobe = index.nlist
+    try:
+        sims[short], nbrs[short] = index.search(queries[short], nbrs.shape[1])
+    finally:
+        index.nprobe = saved
+
+
+def _put_self_first(nbrs: np.ndarray, sims: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move each query to column 0 with similarity 1.0, keeping the order of the others.
+
+    A duplicate of the query ties with it and may come first; with approximate search or more
+    than k duplicates the query may be missing, and then replaces the last neighbour.
+    """
+    sims = np.clip(sims, -1.0, 1.0)
+    is_self = nbrs == rows[:, None]
+    missing = ~is_self.any(axis=1)
+    nbrs[missing, -1] = rows[missing]
+    is_self[missing, -1] = True
+    bad = np.flatnonzero(~is_self[:, 0])
+    if len(bad):
+        order = np.argsort(~is_self[bad], axis=1, kind="stable")
+        nbrs[bad] = np.take_along_axis(nbrs[bad], order, axis=1)
+        sims[bad] = np.take_along_axis(sims[bad], order, axis=1)
+    sims[:, 0] = 1.0
+    return nbrs, sims
