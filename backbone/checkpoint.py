@@ -1,0 +1,75 @@
+"""Backbone checkpoints: one ``.pt`` dict, written atomically, read with ``weights_only=True``.
+
+Keys: ``format``, ``model_config`` (dict of :class:`ModelConfig`), ``model`` (embedder state_dict),
+``num_classes``, ``margin`` (class-centre state_dict), ``epoch``, ``step``, ``finished``; epoch
+checkpoints add the optimizer, grad-scaler and RNG states needed for an exact resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbone.model import FaceEmbedder, ModelConfig, build_model
+from semiface.atomic import atomic_path
+from semiface.errors import ConfigError, DataError
+
+CHECKPOINT_FORMAT = "semiface.backbone/1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a truncated or foreign file
+        raise DataError(path, f"not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(path, f"not a semiface backbone checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def checkpoint_model_config(payload: dict[str, Any], source: str | Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(dict(payload["model_config"]))
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise DataError(source, f"checkpoint has no valid model config ({exc})") from exc
+
+
+def load_embedder_state(model: FaceEmbedder, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load an embedder state_dict strictly; a mismatch is reported as a wrong architecture."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{source}: weights do not fit model {model.config.trunk!r} at {model.config.image_size}px "
+            f"({str(exc).splitlines()[0]})"
+        ) from exc
+
+
+def require_same_architecture(expected: ModelConfig, found: ModelConfig, source: str | Path) -> None:
+    """Refuse a checkpoint built for another trunk, input size, embedding size or head."""
+    fields = ("trunk", "image_size", "embedding_dim", "pooling", "trunk_kwargs")
+    diffs = [f"{f}: checkpoint {getattr(found, f)!r}, config {getattr(expected, f)!r}"
+             for f in fields if getattr(found, f) != getattr(expected, f)]
+    if diffs:
+        raise ConfigError(f"{source}: checkpoint is from a different architecture ({'; '.join(diffs)})")
+
+
+def load_embedder(path: str | Path, device: torch.device | str = "cpu") -> FaceEmbedder:
+    """Rebuild the embedding model stored in a checkpoint, in eval mode, on ``device``."""
+    payload = load_checkpoint(path)
+    model = build_model(checkpoint_model_config(payload, path), device)
+    load_embedder_state(model, payload["model"], path)
+    return model.eval()
