@@ -1,0 +1,69 @@
+"""CLI: ``python -m recognition_eval --features F --manifest M --out DIR``; prints the summary as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recognition_eval.identification import DEFAULT_MAX_RANK, DEFAULT_SIZES
+from recognition_eval.report import evaluate
+from recognition_eval.scan import DEFAULT_MAX_BYTES
+from semiface.errors import SemifaceError
+
+
+def parse_size(text: str) -> int:
+    """'1000', '1K', '1M' -> int."""
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
+    try:
+        return int(text[:-1] if scale > 1 else text) * scale
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a distractor-set size: {text!r}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recognition_eval", description=__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="features .npy (rows in manifest order)")
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="parquet manifest with probe/distractor rows"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES), help="e.g. 10 100 1K 1M"
+    )
+    parser.add_argument("--max-rank", type=int, default=DEFAULT_MAX_RANK)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--max-mib", type=int, default=DEFAULT_MAX_BYTES // 2**20, help="working-memory budget"
+    )
+    parser.add_argument("--train-identities", type=Path, help="text file, one training identity name a line")
+    args = parser.parse_args(argv)
+    train = None
+    try:
+        if args.train_identities is not None:
+            train = [line.strip() for line in args.train_identities.read_text(encoding="utf-8").splitlines()]
+            train = [name for name in train if name]
+        summary = evaluate(
+            args.features,
+            args.manifest,
+            args.out,
+            sizes=args.sizes,
+            seed=args.seed,
+            device=args.device,
+            train_identities=train,
+            max_rank=args.max_rank,
+            max_bytes=args.max_mib * 2**20,
+            progress=True,
+        )
+    except (SemifaceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
