@@ -1,0 +1,570 @@
+"""Training loop for the face embedding model: single process, or DDP when launched by torchrun.
+
+``train_backbone`` trains on the manifest rows with ``label >= 0`` (ground-truth classes and,
+in a retraining manifest, pseudo classes offset past them), optionally weighting each row's
+loss by a float ``weight`` column (e.g. cluster confidence).
+
+Run directory layout (only rank 0 writes):
+
+* ``run.json``: the training config and a fingerprint of the training rows; a run directory
+  belongs to one config: another config is refused, never overwritten;
+* ``checkpoint.pt``: full training state after the last finished epoch (exact resume);
+* ``metrics.json``: the per-epoch summaries;
+* ``model.pt``: the finished model; when present for the same config, the run is reused.
+
+Exact resume: the data order of an epoch is a function of (seed, epoch) (DistributedSampler),
+each sample's augmentation a function of (seed, epoch, index), the learning rate a function of
+the step, and the torch/numpy/python RNG states (per rank) are saved with every checkpoint; so a
+run killed at any point and restarted gives the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from backbone.augment import SeededTransform, train_transform
+from backbone.checkpoint import (
+    checkpoint_model_config,
+    load_checkpoint,
+    load_embedder_state,
+    require_same_architecture,
+    save_checkpoint,
+)
+from backbone.margin import DEFAULT_MARGIN, MARGINS, MarginHead
+from backbone.model import POOLINGS, FaceEmbedder, ModelConfig, build_model
+from semiface.atomic import save_json
+from semiface.devices import autocast_dtype, resolve_device
+from semiface.errors import ConfigError, DataError, SemifaceError, reject_unknown
+from semiface.manifest import read_manifest
+from semiface.seeding import seed_everything
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "poly")
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+# Fields that change how a run executes, not what it computes: ignored when a run directory is reused.
+RUNTIME_FIELDS = frozenset({"num_workers", "device", "verbose"})
+
+
+class TrainingError(SemifaceError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model, margin, optimiser, schedule and run settings of one training run."""
+
+    trunk: str = "resnet50"
+    image_size: int = 112
+    embedding_dim: int = 256
+    pooling: str = "flatten"
+    dropout: float = 0.0
+    margin: str = "arcface"
+    s: float = 64.0
+    m: float | None = None  # None: 0.5 for arcface, 0.35 for cosface
+    easy_margin: bool = False
+    sample_fraction: float = 1.0  # < 1: Partial-FC sampled softmax
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adamw
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
+    schedule: str = "step"
+    warmup_epochs: float = 1.0
+    lr_milestones: tuple[float, ...] = (0.4, 0.7, 0.9)  # step decay points, as fractions of all steps
+    lr_gamma: float = 0.1
+    poly_power: float = 2.0
+    epochs: int = 20
+    batch_size: int = 128  # global: split over the DDP processes
+    grad_clip: float | None = 5.0
+    aug_strength: float = 0.5
+    num_workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
+    num_classes: int | None = None  # None: 1 + the largest label
+    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+    verbose: bool = True  # progress bar and per-epoch summary line on stderr
+
+    def __post_init__(self) -> None:
+        choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"TrainConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,
+            "sample_fraction": 0.0 < self.sample_fraction <= 1.0,
+            "aug_strength": 0.0 <= self.aug_strength <= 1.0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "lr": self.lr is None or self.lr > 0,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "num_workers": self.num_workers >= 0,
+            "num_classes": self.num_classes is None or self.num_classes >= 2,
+            "lr_milestones": all(0.0 < x < 1.0 for x in self.lr_milestones),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}: invalid value {getattr(self, name)!r}")
+        object.__setattr__(self, "lr_milestones", tuple(float(x) for x in self.lr_milestones))
+        self.model_config()  # validates image_size, embedding_dim, dropout
+
+    @property
+    def resolved_lr(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        return DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
+
+    @property
+    def resolved_m(self) -> float:
+        return DEFAULT_MARGIN[self.margin] if self.m is None else self.m
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(self.trunk, self.image_size, self.embedding_dim, self.pooling, self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["lr_milestones"] = list(self.lr_milestones)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        reject_unknown(values, {f.name for f in fields(cls)}, "TrainConfig")
+        values = dict(values)
+        if "lr_milestones" in values:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training rows
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The manifest rows to train on, their labels and loss weights."""
+
+    frame: pd.DataFrame
+    labels: np.ndarray  # int64 [n]
+    weights: np.ndarray  # float32 [n]
+    num_classes: int
+
+    def fingerprint(self) -> str:
+        """A hash of what is trained on (images, labels, weights): a changed manifest is a new run."""
+        keys = [c for c in ("path", "rec_index") if c in self.frame.columns]
+        digest = hashlib.sha256()
+        digest.update(pd.util.hash_pandas_object(self.frame[keys], index=False).to_numpy().tobytes())
+        digest.update(self.labels.tobytes())
+        digest.update(self.weights.tobytes())
+        return digest.hexdigest()
+
+
+def select_training_rows(frame: pd.DataFrame, source: str | Path, num_classes: int | None = None) -> TrainingRows:
+    """Rows with ``label >= 0``, checked: labels in range, no empty class, weights finite and >= 0."""
+    labels = frame["label"].to_numpy(np.int64)
+    if (labels < -1).any():
+        bad = np.flatnonzero(labels < -1)[:5].tolist()
+        raise DataError(source, f"column 'label': values below -1 (unlabelled) in rows {bad} (first 5 shown)")
+    keep = labels >= 0
+    if not keep.any():
+        raise DataError(source, "no rows with label >= 0 to train on")
+    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if labels.max() >= n_classes:
+        bad = np.flatnonzero(labels >= n_classes)[:5].tolist()
+        raise DataError(source, f"column 'label': labels out of range [0, {n_classes}) in rows {bad} (first 5 shown)")
+    counts = np.bincount(labels[keep], minlength=n_classes)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0)
+        raise DataError(
+            source,
+            f"{len(empty)} empty class(es) {empty[:10].tolist()} (first 10 shown): class ids must be "
+            f"contiguous 0..{n_classes - 1}, each with at least one image",
+        )
+    if "weight" in frame.columns:
+        weights = frame["weight"].to_numpy(np.float32)[keep]
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))[:5].tolist()
+            raise DataError(source, f"column 'weight': NaN, infinite or negative weights in training rows {bad}")
+        if not (weights > 0).any():
+            raise DataError(source, "column 'weight': every training row has weight 0")
+    else:
+        weights = np.ones(int(keep.sum()), np.float32)
+    return TrainingRows(frame[keep].reset_index(drop=True), labels[keep], weights, n_classes)
+
+
+class _EpochSeededRows(Dataset):
+    """Training items (image, label, weight); reseeds the augmentation from (seed, epoch, index)."""
+
+    def __init__(self, images: Dataset, transform: SeededTransform, rows: TrainingRows, seed: int) -> None:
+        self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
+        self.labels = torch.from_numpy(rows.labels)
+        self.weights = torch.from_numpy(rows.weights)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.transform.reseed([self.seed, self.epoch, index])
+        image = self.images[index][0]
+        return image, self.labels[index], self.weights[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed context
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Rank and world size (1 process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); pick the device."""
+    device = resolve_device(device_spec)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(), device
+    owns_group = not dist.is_initialized()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), owns_group), device
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps and schedule
+
+
+class MarginModel(nn.Module):
+    """Embedder + margin head; ``forward`` returns the loss (the unit DDP wraps)."""
+
+    def __init__(self, embedder: FaceEmbedder, head: MarginHead) -> None:
+        super().__init__()
+        self.embedder, self.head = embedder, head
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedder(images), labels, weights)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then step decay at ``lr_milestones`` or polynomial decay to 0 (a function of the step)."""
+    base = config.resolved_lr
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if config.schedule == "step":
+        return base * config.lr_gamma ** sum(step >= x * total for x in config.lr_milestones)
+    return base * (1.0 - (step - warmup) / (total - warmup)) ** config.poly_power
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.resolved_lr, momentum=config.momentum, weight_decay=config.resolved_weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.resolved_lr, weight_decay=config.resolved_weight_decay)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    grad_clip: float | None,
+) -> float:
+    """One optimisation step; returns the loss (averaged over ranks). A non-finite loss skips the update."""
+    images, labels, weights = (t.to(device, non_blocking=True) for t in batch)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = model(images, labels, weights)
+    value = loss.detach().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    loss_value = float(value)
+    if not math.isfinite(loss_value):
+        return loss_value  # every rank sees the same reduced value and stops together
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state (saved per rank, restored on resume)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather(obj: Any, world: Distributed) -> list[Any]:
+    if world.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory
+
+
+def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
+    return {"train_config": config.to_dict(), "num_classes": rows.num_classes,
+            "num_images": len(rows.labels), "rows_fingerprint": rows.fingerprint()}
+
+
+def _identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    diffs = []
+    old_cfg, new_cfg = found.get("train_config", {}), wanted["train_config"]
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if key not in RUNTIME_FIELDS and old_cfg.get(key) != new_cfg.get(key):
+            diffs.append(f"{key}: {old_cfg.get(key)!r} there, {new_cfg.get(key)!r} now")
+    for key in ("num_classes", "num_images", "rows_fingerprint"):
+        if found.get(key) != wanted[key]:
+            diffs.append(f"training rows differ ({key})")
+            break
+    return diffs
+
+
+def check_run_dir(run_dir: Path, identity: dict[str, Any]) -> Path | None:
+    """The finished model when ``run_dir`` holds one for this config; None when training must run.
+
+    A run directory of another config (or holding models of unknown origin) is refused.
+    """
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        leftovers = [name for name in (MODEL_FILE, CHECKPOINT_FILE) if (run_dir / name).exists()]
+        if leftovers:
+            raise ConfigError(f"{run_dir}: holds {', '.join(leftovers)} but no {RUN_FILE}; refusing to overwrite")
+        return None
+    try:
+        found = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(run_file, f"not a readable run description ({exc})") from exc
+    diffs = _identity_differences(found, identity)
+    if diffs:
+        raise ConfigError(
+            f"{run_dir}: already holds a run with a different config ({'; '.join(diffs)}); "
+            "use another run directory or remove this one"
+        )
+    model = run_dir / MODEL_FILE
+    return model if model.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def train_backbone(
+    manifest_path: Path,
+    image_root: Path | None,
+    run_dir: Path,
+    config: TrainConfig,
+    progress: Callable[[dict], None] | None = None,
+    record_file: Path | None = None,
+) -> Path:
+    """Train (or resume, or reuse) a backbone on the labelled rows of a manifest; return ``model.pt``.
+
+    ``progress`` receives one dict per finished epoch (rank 0 only): epoch, epochs, step, loss,
+    lr, images_per_sec, seconds, num_images, num_classes. Launched by torchrun, every process
+    calls this; each trains on its shard and rank 0 writes.
+    """
+    manifest_path, run_dir = Path(manifest_path), Path(run_dir)
+    rows = select_training_rows(read_manifest(manifest_path), manifest_path, config.num_classes)
+    identity = _run_identity(config, rows)
+    finished = check_run_dir(run_dir, identity)
+    if finished is not None:
+        return finished
+    world, device = setup_distributed(config.device)
+    try:
+        per_rank_batch = config.batch_size // world.world_size
+        if config.batch_size % world.world_size or per_rank_batch < 2:
+            raise ConfigError(
+                f"TrainConfig.batch_size: {config.batch_size} does not split into >= 2 images on each of "
+                f"{world.world_size} processes"
+            )
+        if len(rows.labels) < config.batch_size:
+            raise DataError(manifest_path, f"{len(rows.labels)} training images, fewer than one batch "
+                                           f"(batch_size={config.batch_size})")
+        if world.is_main:
+            save_json(run_dir / RUN_FILE, identity)
+        if world.world_size > 1:
+            dist.barrier()
+        return _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device,
+                    per_rank_batch, progress)
+    finally:
+        if world.owns_group:
+            dist.destroy_process_group()
+
+
+def _build(config: TrainConfig, rows: TrainingRows, device: torch.device) -> tuple[FaceEmbedder, MarginHead]:
+    seed_everything(config.seed)
+    embedder = build_model(config.model_config(), device)
+    if config.init != "scratch":
+        source = Path(config.init)
+        payload = load_checkpoint(source)
+        require_same_architecture(config.model_config(), checkpoint_model_config(payload, source), source)
+        load_embedder_state(embedder, payload["model"], source)
+    head = MarginHead(config.embedding_dim, rows.num_classes, config.margin, config.s, config.resolved_m,
+                      config.easy_margin, config.sample_fraction).to(device)
+    return embedder, head
+
+
+def _make_loader(config, rows, image_root, record_file, world, per_rank_batch, device):
+    from backbone.data.dataset import ManifestImageDataset  # the data layer, imported where needed
+
+    transform = train_transform(config.image_size, config.aug_strength, config.seed)
+    images = ManifestImageDataset(rows.frame, image_root, transform=transform, record_file=record_file)
+    data = _EpochSeededRows(images, transform, rows, config.seed)
+    sampler = DistributedSampler(data, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(data, batch_size=per_rank_batch, sampler=sampler, drop_last=True,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    return data, sampler, loader
+
+
+def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device, per_rank_batch, progress):
+    embedder, head = _build(config, rows, device)
+    model: nn.Module = MarginModel(embedder, head)
+    if world.world_size > 1:
+        if device.type == "cuda":  # SyncBatchNorm has no CPU kernel: on gloo each rank keeps its own statistics
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(config, model.parameters())
+    amp_dtype = autocast_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # every rank's own random stream (dropout, Partial-FC negatives) from here on
+    seed_everything(int(np.random.SeedSequence([config.seed, world.rank]).generate_state(1)[0]))
+
+    data, sampler, loader = _make_loader(config, rows, image_root, record_file, world, per_rank_batch, device)
+    steps_per_epoch = len(loader)
+    start_epoch, step, history = 0, 0, []
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        require_same_architecture(config.model_config(), checkpoint_model_config(state, checkpoint_path),
+                                  checkpoint_path)
+        if state["num_classes"] != rows.num_classes:
+            raise ConfigError(f"{checkpoint_path}: checkpoint has {state['num_classes']} classes, "
+                              f"{manifest_path} has {rows.num_classes}")
+        load_embedder_state(embedder, state["model"], checkpoint_path)
+        head.load_state_dict(state["margin"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if len(state["rng"]) == world.world_size:
+            _set_rng_state(state["rng"][world.rank], device)
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        data.epoch = epoch
+        model.train()
+        started, loss_sum, lr = time.perf_counter(), 0.0, learning_rate(config, step, steps_per_epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
+                   disable=not (config.verbose and world.is_main))
+        for batch in bar:
+            lr = learning_rate(config, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_step(model, optimizer, scaler, batch, device, amp_dtype, config.grad_clip)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"{manifest_path}: loss is {loss} at step {step} (epoch {epoch + 1}), last learning rate "
+                    f"{lr:.6g}; lower the learning rate, keep grad_clip on, or check the images"
+                )
+            step += 1
+            loss_sum += loss
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+        seconds = time.perf_counter() - started
+        summary = {"epoch": epoch + 1, "epochs": config.epochs, "step": step, "loss": loss_sum / steps_per_epoch,
+                   "lr": lr, "images_per_sec": steps_per_epoch * config.batch_size / seconds, "seconds": seconds,
+                   "num_images": len(rows.labels), "num_classes": rows.num_classes}
+        history.append(summary)
+        rng_states = _gather(_rng_state(device), world)
+        if world.is_main:
+            save_checkpoint(checkpoint_path, {
+                **_model_payload(config, embedder, head, rows, epoch + 1, step, history),
+                "finished": False, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": rng_states,
+            })
+            save_json(run_dir / METRICS_FILE, history)
+            if config.verbose:
+                tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {summary['loss']:.4f}  lr {lr:.4g}  "
+                           f"{summary['images_per_sec']:.1f} img/s  {seconds:.1f}s", file=sys.stderr)
+            if progress is not None:
+                progress(summary)
+
+    final = run_dir / MODEL_FILE
+    if world.is_main:
+        save_checkpoint(final, {**_model_payload(config, embedder, head, rows, config.epochs, step, history),
+                                "finished": True})
+        checkpoint_path.unlink(missing_ok=True)
+    if world.world_size > 1:
+        dist.barrier()
+    return final
+
+
+def _model_payload(config, embedder, head, rows, epoch, step, history) -> dict[str, Any]:
+    return {"model_config": config.model_config().to_dict(), "model": embedder.state_dict(),
+            "num_classes": rows.num_classes, "margin": head.state_dict(), "train_config": config.to_dict(),
+            "epoch": epoch, "step": step, "history": history}
