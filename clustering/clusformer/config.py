@@ -1,0 +1,139 @@
+"""Clusformer configuration: one dataclass holding every knob, with a paper preset and a small one."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from semiface.errors import ConfigError
+
+ENCODINGS = ("cde", "none", "learnable", "sinusoidal")
+LINK_RULES = ("any", "mutual", "average")
+PARTITIONS = ("union_find", "infomap")
+
+# Architecture and schedule presets. "paper": section 5.3 of the paper (6 + 6 blocks, 8 heads, d = 256,
+# 50 epochs). "small": a CPU-sized model for the demo and the tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "d_model": 256,
+        "nhead": 8,
+        "num_encoder_layers": 6,
+        "num_decoder_layers": 6,
+        "dim_feedforward": 1024,
+        "dropout": 0.1,
+        "epochs": 50,
+        "lr": 1e-4,
+    },
+    "small": {
+        "d_model": 64,
+        "nhead": 4,
+        "num_encoder_layers": 2,
+        "num_decoder_layers": 2,
+        "dim_feedforward": 128,
+        "dropout": 0.0,
+        "epochs": 8,
+        "lr": 1e-3,
+    },
+}
+
+
+@dataclass(frozen=True)
+class ClusformerConfig:
+    """Every Clusformer parameter (sequences, model, training, partition)."""
+
+    # visual grammar and encoding
+    k: int = 64
+    radius_step: float | None = None
+    encoding: str = "cde"
+    # model
+    d_model: int = 64
+    nhead: int = 4
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    dim_feedforward: int = 128
+    dropout: float = 0.0
+    # training
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    val_fraction: float = 0.2
+    max_train_centres: int | None = None
+    seed: int = 0
+    # inference and partition
+    infer_batch_size: int = 256
+    partition: str = "union_find"
+    link_rule: str = "average"
+    tau: float | None = None
+    taus: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(2, 20))
+    max_size: int | None = None
+    min_size: int = 1
+    drop_below: float | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"clusformer: k must be >= 2 (centre + neighbours), got {self.k}")
+        if self.radius_step is not None and not 0 < self.radius_step <= 2:
+            raise ConfigError(f"clusformer: radius_step must be in (0, 2] (cosine distance), got {self.radius_step}")
+        _check_choice("encoding", self.encoding, ENCODINGS)
+        _check_choice("link_rule", self.link_rule, LINK_RULES)
+        _check_choice("partition", self.partition, PARTITIONS)
+        if self.d_model % self.nhead:
+            raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
+        for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
+                     "batch_size", "infer_batch_size", "min_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"clusformer: {name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ConfigError(f"clusformer: epochs must be >= 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"clusformer: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"clusformer: dropout must be in [0, 1), got {self.dropout}")
+        for name in ("tau", "drop_below"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"clusformer: {name} must be a probability in [0, 1], got {value}")
+        if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
+            raise ConfigError(f"clusformer: taus must be a non-empty list of probabilities, got {self.taus}")
+        object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
+
+    @classmethod
+    def from_preset(cls, preset: str = "small", **overrides: Any) -> ClusformerConfig:
+        """The preset's values, then ``overrides`` (None means: keep the preset's or the default value)."""
+        _check_choice("preset", preset, tuple(PRESETS))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"clusformer: unknown parameter(s) {', '.join(unknown)}")
+        values = {**PRESETS[preset], **{key: value for key, value in overrides.items() if value is not None}}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON- and checkpoint-friendly)."""
+        out = asdict(self)
+        out["taus"] = list(self.taus)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClusformerConfig:
+        """Inverse of ``to_dict``."""
+        values = dict(values)
+        values["taus"] = tuple(values.get("taus", cls.taus))
+        return cls(**values)
+
+    def with_updates(self, **changes: Any) -> ClusformerConfig:
+        """A copy with some fields changed (checked again)."""
+        return replace(self, **changes)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that shape the network (a checkpoint must match them to resume)."""
+        keys = ("k", "encoding", "d_model", "nhead", "num_encoder_layers", "num_decoder_layers",
+                "dim_feedforward", "dropout")
+        return {key: getattr(self, key) for key in keys}
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"clusformer: {name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,61 @@
+"""From per-sequence probabilities to undirected weighted links between samples.
+
+Centre i's sequence gives, for each element j, p(i -> j) = P(j has i's identity). A pair (i, j) may be
+scored from both sides (each in the other's sequence) or from one. The link rule turns the one or two
+directed scores into one undirected weight:
+
+- ``any``: the larger score (a link when either side passes tau);
+- ``mutual``: the smaller score, and no link unless both sides scored the pair;
+- ``average``: the mean of both sides, a side that did not score the pair counting as 0 (the pair was
+  not even among that sample's k nearest neighbours).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clustering.clusformer.config import LINK_RULES
+from semiface.errors import ConfigError
+
+
+def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (centre, element, probability) of the sequences, the centre's own position and padding left out."""
+    k = ids.shape[1]
+    src = np.repeat(ids[:, 0], k - 1)
+    dst = ids[:, 1:].reshape(-1)
+    p = probs[:, 1:].reshape(-1)
+    keep = (dst >= 0) & (dst != src)
+    return src[keep], dst[keep], p[keep]
+
+
+def undirected_links(
+    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique undirected links ``src < dst`` with their weight under ``rule``; links below ``floor`` dropped.
+
+    Vectorised: the directed scores are grouped by pair key with one sort.
+    """
+    if rule not in LINK_RULES:
+        raise ConfigError(f"clusformer: link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
+    src, dst, p = directed_edges(ids, probs)
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    key = lo * np.int64(n) + hi
+    order = np.argsort(key, kind="stable")
+    key, p = key[order], p[order].astype(np.float32)
+    if key.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, np.empty(0, dtype=np.float32)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[starts, key.size])
+    if rule == "any":
+        weight = np.maximum.reduceat(p, starts)
+    elif rule == "mutual":
+        weight = np.where(counts >= 2, np.minimum.reduceat(p, starts), -1.0)
+    else:
+        weight = np.add.reduceat(p, starts) / 2.0
+    pairs = key[starts]
+    keep = weight >= floor
+    if rule == "mutual":
+        keep &= counts >= 2
+    return pairs[keep] // n, pairs[keep] % n, weight[keep].astype(np.float32)
+

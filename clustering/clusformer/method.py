@@ -1,0 +1,244 @@
+"""``Clusformer``: the clustering method behind the harness interface (registered as "clusformer").
+
+fit: split the labelled identities into a training part and a validation slice, build each part's
+kNN graph, train the network on the training part (validation FP/FB every epoch), then sweep tau on
+the validation slice and keep the best (tuned on labelled data only, never on the data clustered).
+fit_predict: sequences for every centre in batches, link probabilities, undirected links under the
+link rule, partition (union-find with optional size cap, or Infomap), per-sample confidence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clustering.base import Clusterer, register
+from clustering.clusformer.config import ClusformerConfig
+from clustering.clusformer.linking import undirected_links
+from clustering.clusformer.model import ClusformerNet
+from clustering.clusformer.training import predict_sequences, train_clusformer
+from clustering.knn import KnnGraph, build_knn
+from semiface.atomic import atomic_path
+from semiface.devices import resolve_device
+from semiface.errors import ConfigError, DataError
+from semiface.features import check_features
+
+_FORMAT = "semiface-clusformer/1"
+_DEFAULT_TAU = 0.5  # used only when there is no validation slice to tune on
+
+
+@register("clusformer")
+class Clusformer(Clusterer):
+    """Transformer over visual-grammar sequences predicting "same identity as the centre" per neighbour.
+
+    Every parameter is a keyword; None means the value of ``preset`` ("small" for the demo and CPU,
+    "paper" for section 5.3: 6 + 6 blocks, 8 heads, 50 epochs, lr 1e-4). ``tau`` None: tuned on the
+    validation slice. ``checkpoint``: a ``.pt`` path written after every epoch and resumed from.
+    After ``fit_predict``: ``confidence_`` (float32 [N]) from the links that placed each sample;
+    members the model predicted as not belonging get low confidence, and ``drop_below`` turns them
+    into -1 directly.
+    """
+
+    name = "clusformer"
+    needs_training = True
+
+    def __init__(
+        self,
+        *,
+        preset: str = "small",
+        k: int | None = None,
+        radius_step: float | None = None,
+        encoding: str | None = None,
+        d_model: int | None = None,
+        nhead: int | None = None,
+        num_encoder_layers: int | None = None,
+        num_decoder_layers: int | None = None,
+        dim_feedforward: int | None = None,
+        dropout: float | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        val_fraction: float | None = None,
+        max_train_centres: int | None = None,
+        seed: int | None = None,
+        infer_batch_size: int | None = None,
+        partition: str | None = None,
+        link_rule: str | None = None,
+        tau: float | None = None,
+        taus: tuple[float, ...] | list[float] | None = None,
+        max_size: int | None = None,
+        min_size: int | None = None,
+        drop_below: float | None = None,
+        device: str | None = None,
+        checkpoint: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        params = {key: value for key, value in locals().items() if key not in ("self", "preset", "checkpoint", "progress", "__class__")}
+        if taus is not None:
+            params["taus"] = tuple(taus)
+        self.config = ClusformerConfig.from_preset(preset, **params)
+        self.checkpoint = checkpoint
+        self.progress = progress
+        self.model_: ClusformerNet | None = None
+        self.tau_: float | None = None
+        self.history_: list[dict[str, float]] = []
+        self.sweep_: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ training
+    def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> Clusformer:
+        """Train on labelled features; ``knn`` (a graph of ``features``) is used only without a validation split."""
+        check_features(features, "labelled features")
+        labels = np.asarray(labels)
+        if labels.shape != (features.shape[0],):
+            raise DataError("labels", f"{labels.shape[0] if labels.ndim else 0} labels for {features.shape[0]} feature rows")
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        train_rows, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
+        if val_rows is None and knn is not None:
+            _check_graph(knn, features.shape[0])
+            train_graph = knn
+        else:
+            train_graph = _graph(features[train_rows], cfg.k)
+        train_features = features[train_rows]
+        validate = None
+        if val_rows is not None:
+            val_features, val_labels = features[val_rows], labels[val_rows]
+            val_graph = _graph(val_features, cfg.k)
+
+            def validate(model: ClusformerNet) -> dict[str, float]:
+                table, tau = self._sweep(model, val_features, val_labels, val_graph, device)
+                best = table.loc[table["tau"] == tau].iloc[0]
+                self.sweep_, self.tau_ = table, tau
+                return {"val_tau": tau, "val_pairwise_f": float(best["pairwise_f"]), "val_bcubed_f": float(best["bcubed_f"])}
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model = ClusformerNet(features.shape[1], cfg).to(device)
+            self.history_ = train_clusformer(
+                model, train_features, labels[train_rows], train_graph, cfg, device,
+                validate=validate, checkpoint=self.checkpoint, progress=self.progress,
+            )
+            if validate is not None and (cfg.epochs == 0 or self.sweep_ is None):
+                validate(model)  # zero epochs or all resumed: still tune tau
+        self.model_ = model
+        if cfg.tau is not None or val_rows is None:
+            self.tau_ = cfg.tau if cfg.tau is not None else _DEFAULT_TAU
+        return self
+
+    def _sweep(
+        self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, knn: KnnGraph, device: torch.device
+    ) -> tuple[pd.DataFrame, float]:
+        """FP/FB of the partition at every tau of ``taus`` on a labelled slice, and the best tau."""
+        from clustering.evaluate import sweep_threshold
+
+        cfg = self.config
+        ids, probs = predict_sequences(model, features, knn, cfg, device)
+        src, dst, weight = undirected_links(len(features), ids, probs, cfg.link_rule)
+        return sweep_threshold(labels, len(features), src, dst, weight, list(cfg.taus), partition=cfg.partition)
+
+    # ------------------------------------------------------------------ clustering
+    def fit_predict(self, features: np.ndarray, knn: KnnGraph) -> np.ndarray:
+        """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
+        from clustering.partition import link_confidence, partition_links
+
+        model = self._trained_model()
+        check_features(features, "features", dim=model.feature_dim)
+        _check_graph(knn, features.shape[0])
+        cfg = self.config
+        n = features.shape[0]
+        device = next(model.parameters()).device
+        ids, probs = predict_sequences(model, features, knn, cfg, device, progress=self.progress)
+        src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)
+        labels = partition_links(
+            n, src, dst, weight, method=cfg.partition, tau=self.tau_,
+            max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed,
+        )
+        confidence = link_confidence(labels, src, dst, weight)
+        if cfg.drop_below is not None:
+            labels = np.where(confidence < cfg.drop_below, -1, labels)
+        self.confidence_ = confidence.astype(np.float32, copy=False)
+        return labels.astype(np.int64, copy=False)
+
+    def _trained_model(self) -> ClusformerNet:
+        if self.model_ is None:
+            raise ConfigError("clusformer: call fit (or load a saved model) before fit_predict")
+        return self.model_
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the trained model (state_dict, config, feature dim, tau, history) atomically as ``.pt``."""
+        model = self._trained_model()
+        state = {
+            "format": _FORMAT,
+            "config": self.config.to_dict(),
+            "feature_dim": model.feature_dim,
+            "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
+            "tau": self.tau_,
+            "history": self.history_,
+            "epochs_trained": len(self.history_),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> Clusformer:
+        """Read a model written by ``save``; ``device`` overrides the saved one (auto|cpu|cuda)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "Clusformer model file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a corrupt file
+            raise DataError(path, f"not a readable Clusformer model ({exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise DataError(path, f"not a Clusformer model (format {_FORMAT!r} expected)")
+        config = ClusformerConfig.from_dict(state["config"])
+        if device is not None:
+            config = config.with_updates(device=device)
+        method = cls.__new__(cls)
+        method.config, method.checkpoint, method.progress = config, None, False
+        model = ClusformerNet(int(state["feature_dim"]), config)
+        model.load_state_dict(state["state_dict"])
+        method.model_ = model.to(resolve_device(config.device))
+        method.tau_ = state["tau"]
+        method.history_ = list(state["history"])
+        method.sweep_ = None
+        return method
+
+    def params(self) -> dict[str, Any]:
+        """The full configuration in effect."""
+        return self.config.to_dict()
+
+
+def split_by_identity(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row indices of the training part and of the validation slice (whole identities; None when too small)."""
+    rows = np.arange(len(labels))
+    identities = np.unique(labels)
+    n_val = int(round(val_fraction * len(identities)))
+    if n_val < 2 or len(identities) - n_val < 2:
+        return rows, None
+    chosen = np.random.default_rng(seed).choice(identities, size=n_val, replace=False)
+    in_val = np.isin(labels, chosen)
+    if in_val.sum() < 2 or (~in_val).sum() < 2:
+        return rows, None
+    return rows[~in_val], rows[in_val]
+
+
+def _graph(features: np.ndarray, k: int) -> KnnGraph:
+    """The exact cosine kNN graph of a labelled part (k capped at its size)."""
+    return build_knn(features, min(k, features.shape[0]))
+
+
+def _check_graph(knn: KnnGraph, n: int) -> None:
+    if knn.n != n:
+        raise DataError("knn", f"graph has {knn.n} rows but there are {n} feature rows")
+    if knn.nbrs.size and int(knn.nbrs.max()) >= n:
+        raise DataError("knn", f"graph refers to sample {int(knn.nbrs.max())} but there are only {n} rows")

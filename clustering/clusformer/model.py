@@ -1,0 +1,76 @@
+"""The Clusformer network: transformer encoder over the visual sequence, decoder fed a learnable query.
+
+Input per sequence: k elements of dimension d (+ k with the Cosine Distance Encoding). A linear layer
+maps them to ``d_model``; the ablation encodings of the paper's table 3 (learnable, sinusoidal) are
+added there, "none" adds nothing. The encoder and decoder are ``torch.nn.TransformerEncoder`` /
+``TransformerDecoder`` (pre-norm: trains stably from scratch at small batch sizes). The decoder input
+is a learnable k x d_model query (section 4.3.3); decoder slot t is scored together with the encoder
+output at position t, which ties each logit to its own sequence element whatever the encoding.
+Output: one logit per position, "same identity as the centre".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from clustering.clusformer.config import ClusformerConfig
+
+
+class ClusformerNet(nn.Module):
+    """Encoder-decoder transformer producing per-position logits [B, k]."""
+
+    def __init__(self, feature_dim: int, config: ClusformerConfig) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.k = config.k
+        self.encoding = config.encoding
+        width = config.d_model
+        in_dim = feature_dim + (config.k if config.encoding == "cde" else 0)
+        self.input_proj = nn.Linear(in_dim, width)
+        if config.encoding == "learnable":
+            self.position = nn.Parameter(torch.randn(config.k, width) * 0.02)
+        elif config.encoding == "sinusoidal":
+            self.register_buffer("position", sinusoidal_encoding(config.k, width), persistent=False)
+        else:
+            self.position = None
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(
+                width, config.nhead, config.dim_feedforward, config.dropout, batch_first=True, norm_first=True
+            ),
+            config.num_encoder_layers,
+            norm=nn.LayerNorm(width),
+            enable_nested_tensor=False,
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(
+                width, config.nhead, config.dim_feedforward, config.dropout, batch_first=True, norm_first=True
+            ),
+            config.num_decoder_layers,
+            norm=nn.LayerNorm(width),
+        )
+        self.query = nn.Parameter(torch.randn(config.k, width) * 0.02)
+        self.head = nn.Linear(2 * width, 1)
+
+    def forward(self, feats: torch.Tensor, sims: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``feats`` [B, k, d], ``sims`` [B, k, k], ``pad`` [B, k] bool -> logits [B, k]."""
+        tokens = torch.cat([feats, sims], dim=-1) if self.encoding == "cde" else feats
+        tokens = self.input_proj(tokens)
+        if self.position is not None:
+            tokens = tokens + self.position
+        memory = self.encoder(tokens, src_key_padding_mask=pad)
+        query = self.query.expand(feats.shape[0], -1, -1)
+        slots = self.decoder(query, memory, memory_key_padding_mask=pad)
+        return self.head(torch.cat([slots, memory], dim=-1)).squeeze(-1)
+
+
+def sinusoidal_encoding(length: int, width: int) -> torch.Tensor:
+    """The fixed sine/cosine positional encoding of "Attention is all you need", [length, width]."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: width // 2])
+    return table

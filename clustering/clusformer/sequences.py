@@ -1,0 +1,105 @@
+"""Visual grammar (paper section 4.3.1, Algorithm 1) and Cosine Distance Encoding (section 4.3.4).
+
+For a batch of centres, the candidates come from the kNN graph; the sequence is the centre followed
+by its neighbours in decreasing cosine similarity to the centre (recomputed from the features, so the
+order does not depend on how the graph was searched), cut to k. With ``radius_step`` the sequence
+grows by bands of cosine distance [r, r + step) from the centre and stops at the first empty band, as
+in Algorithm 1. Sequences are built per batch and never for all N at once. Short sequences (a cut, a
+graph with fewer than k neighbours, -1 ids from an approximate search) are padded and masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clustering.knn import KnnGraph
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """One batch of visual sequences.
+
+    ``ids`` [B, k] sample ids (-1 = padding), ``feats`` [B, k, d] unit-norm features (zero at padding),
+    ``sims`` [B, k, k] cosine similarities between the elements (zero rows/columns at padding),
+    ``pad`` [B, k] True at padding. Position 0 is always the centre.
+    """
+
+    ids: np.ndarray
+    feats: torch.Tensor
+    sims: torch.Tensor
+    pad: torch.Tensor
+
+    def cde_input(self) -> torch.Tensor:
+        """Cosine Distance Encoding: each element's feature concatenated with its similarity row, [B, k, d + k]."""
+        return torch.cat([self.feats, self.sims], dim=-1)
+
+
+def build_sequences(
+    features: np.ndarray,
+    knn: KnnGraph,
+    centres: np.ndarray,
+    k: int,
+    *,
+    radius_step: float | None = None,
+    device: torch.device | str = "cpu",
+) -> SequenceBatch:
+    """Visual sequences of length ``k`` for ``centres`` (rows of ``features`` and ``knn``)."""
+    centres = np.asarray(centres, dtype=np.int64)
+    candidates = _candidates(knn.nbrs[centres], centres)
+    feats = _gather_unit_rows(features, candidates, device)
+    valid = torch.from_numpy(candidates >= 0).to(device)
+
+    to_centre = torch.einsum("bkd,bd->bk", feats, feats[:, 0]).clamp_(-1.0, 1.0)
+    key = to_centre.masked_fill(~valid, float("-inf"))
+    key[:, 0] = float("inf")  # the centre leads whatever its duplicates score
+    order = torch.argsort(key, dim=1, descending=True, stable=True)[:, :k]
+    keep = torch.gather(valid, 1, order)
+    if radius_step is not None:
+        keep &= _radius_bands_kept(torch.gather(to_centre, 1, order), radius_step)
+
+    ids = np.take_along_axis(candidates, order.cpu().numpy(), axis=1)
+    feats = torch.gather(feats, 1, order.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+    pad = ~keep
+    ids[pad.cpu().numpy()] = -1
+    feats = feats.masked_fill(pad.unsqueeze(-1), 0.0)
+    if feats.shape[1] < k:  # fewer candidates than k: pad at the end
+        missing = k - feats.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, missing)), constant_values=-1)
+        feats = torch.nn.functional.pad(feats, (0, 0, 0, missing))
+        pad = torch.nn.functional.pad(pad, (0, missing), value=True)
+    sims = torch.bmm(feats, feats.transpose(1, 2)).clamp_(-1.0, 1.0)
+    return SequenceBatch(ids=ids, feats=feats, sims=sims, pad=pad)
+
+
+def _candidates(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Centre first, then the graph's neighbours with the centre's own entries removed (-1)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.where(rows == centres[:, None], -1, rows)
+    return np.concatenate([centres[:, None], rows], axis=1)
+
+
+def _gather_unit_rows(features: np.ndarray, ids: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """Rows ``features[ids]`` (ids -1 give zero rows) L2-normalised, as a float32 tensor [B, K, d].
+
+    Reads only the rows needed, so ``features`` may be a memory map.
+    """
+    flat = ids.reshape(-1)
+    valid = flat >= 0
+    out = np.zeros((flat.size, features.shape[1]), dtype=np.float32)
+    out[valid] = features[flat[valid]]
+    tensor = torch.from_numpy(out).to(device).view(*ids.shape, features.shape[1])
+    return torch.nn.functional.normalize(tensor, dim=-1)
+
+
+def _radius_bands_kept(sims_sorted: torch.Tensor, step: float) -> torch.Tensor:
+    """Algorithm 1: keep the bands of cosine distance [0, s), [s, 2s), ... up to the first empty one.
+
+    ``sims_sorted`` [B, k] is in decreasing order, so the band index never decreases along a row;
+    an element is kept when no band before its own was skipped.
+    """
+    band = torch.floor((1.0 - sims_sorted).clamp_(min=0.0) / step)
+    jump = torch.diff(band, dim=1, prepend=torch.zeros_like(band[:, :1])) > 1
+    return torch.cumsum(jump.int(), dim=1) == 0

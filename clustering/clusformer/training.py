@@ -1,0 +1,205 @@
+"""Training and batched inference of the Clusformer network.
+
+Targets (section 4.3.5): position t of centre i's sequence is 1 when its sample has the centre's
+identity. The loss is BCE over positions 1..k-1 and over real (unpadded) elements only: position 0 is
+the centre itself, always 1 by construction, so keeping it would teach nothing and dilute the loss.
+AdamW with a learning rate decaying linearly to zero over all steps; a checkpoint is written
+atomically after every epoch and training resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from clustering.clusformer.config import ClusformerConfig
+from clustering.clusformer.model import ClusformerNet
+from clustering.clusformer.sequences import SequenceBatch, build_sequences
+from clustering.knn import KnnGraph
+from semiface.atomic import atomic_path
+from semiface.devices import autocast_dtype
+from semiface.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[ClusformerNet], dict[str, float]]
+
+
+def sequence_targets(batch: SequenceBatch, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets [B, k] (same identity as the centre) and the mask of positions that enter the loss."""
+    ids = batch.ids
+    element_labels = labels[np.where(ids >= 0, ids, 0)]
+    same = element_labels == element_labels[:, :1]
+    counted = ids >= 0
+    counted[:, 0] = False  # the centre: always 1, excluded from the loss
+    return (
+        torch.from_numpy(same.astype(np.float32)).to(device),
+        torch.from_numpy(counted).to(device),
+    )
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the counted positions (eq. 10 of the paper, averaged)."""
+    return nn.functional.binary_cross_entropy_with_logits(logits.float()[counted], targets[counted])
+
+
+def train_clusformer(
+    model: ClusformerNet,
+    features: np.ndarray,
+    labels: np.ndarray,
+    knn: KnnGraph,
+    config: ClusformerConfig,
+    device: torch.device,
+    *,
+    validate: Validator | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place on the sequences of every labelled centre; return the per-epoch history.
+
+    With ``checkpoint`` (a ``.pt`` path) the state is saved there after every epoch, and an existing
+    checkpoint of the same architecture is resumed (its finished epochs are not run again).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n < 2:
+        raise DataError("labelled features", f"need at least 2 labelled samples to train Clusformer, got {n}")
+    per_epoch = n if config.max_train_centres is None else min(n, config.max_train_centres)
+    steps_per_epoch = -(-per_epoch // config.batch_size)
+    total_steps = max(1, steps_per_epoch * config.epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = load_checkpoint(checkpoint, config, model.feature_dim)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("clusformer: resumed from %s after epoch %d", checkpoint, start_epoch)
+
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)[:per_epoch]
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same stream whether resumed or not
+        total, count = 0.0, 0
+        batches = range(0, per_epoch, config.batch_size)
+        for start in tqdm(batches, desc=f"clusformer epoch {epoch + 1}", disable=not progress, leave=False):
+            batch = build_sequences(
+                features, knn, order[start : start + config.batch_size], config.k,
+                radius_step=config.radius_step, device=device,
+            )
+            targets, counted = sequence_targets(batch, labels, device)
+            if not counted.any():
+                continue
+            with _autocast(device, amp):
+                logits = model(batch.feats, batch.sims, batch.pad)
+            loss = sequence_loss(logits, targets, counted)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            counted_n = int(counted.sum())
+            total += float(loss.detach()) * counted_n
+            count += counted_n
+        record: dict[str, float] = {
+            "epoch": epoch + 1,
+            "loss": total / max(count, 1),
+            "seconds": time.perf_counter() - started,
+        }
+        if validate is not None:
+            record.update(validate(model))
+        history.append(record)
+        log.info("clusformer: %s", ", ".join(f"{key}={value:.4g}" for key, value in record.items()))
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch + 1,
+                step=scheduler.last_epoch,
+                history=history,
+                config=config.to_dict(),
+                feature_dim=model.feature_dim,
+            )
+    return history
+
+
+@torch.inference_mode()
+def predict_sequences(
+    model: ClusformerNet,
+    features: np.ndarray,
+    knn: KnnGraph,
+    config: ClusformerConfig,
+    device: torch.device,
+    *,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run every centre through the model in batches.
+
+    Returns ``ids`` int64 [N, k] (the sequences, -1 = padding) and ``probs`` float32 [N, k], the
+    probability that element t has centre i's identity (1 for the centre, 0 at padding).
+    """
+    model.eval()
+    n = features.shape[0]
+    amp = autocast_dtype(device)
+    ids = np.empty((n, config.k), dtype=np.int64)
+    probs = np.empty((n, config.k), dtype=np.float32)
+    step = config.infer_batch_size
+    for start in tqdm(range(0, n, step), desc="clusformer inference", disable=not progress, leave=False):
+        centres = np.arange(start, min(start + step, n))
+        batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device)
+        with _autocast(device, amp):
+            logits = model(batch.feats, batch.sims, batch.pad)
+        p = torch.sigmoid(logits.float()).masked_fill(batch.pad, 0.0)
+        p[:, 0] = 1.0
+        ids[start : start + len(centres)] = batch.ids
+        probs[start : start + len(centres)] = p.cpu().numpy()
+    return ids, probs
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> Path:
+    """Write a training checkpoint atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, config: ClusformerConfig, feature_dim: int) -> dict[str, Any]:
+    """Read a checkpoint and check it was written for the same architecture and feature dimension."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise DataError(path, f"not a readable Clusformer checkpoint ({exc})") from exc
+    saved = ClusformerConfig.from_dict(state["config"])
+    if saved.architecture() != config.architecture() or state["feature_dim"] != feature_dim:
+        raise ConfigError(
+            f"{path}: checkpoint is for architecture {saved.architecture()} on {state['feature_dim']}-d "
+            f"features, not {config.architecture()} on {feature_dim}-d; remove it or choose another checkpoint"
+        )
+    return state
+
+
+@contextmanager
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """bf16/fp16 autocast on CUDA, nothing on CPU."""
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        yield

@@ -1,0 +1,257 @@
+"""Clusformer: visual grammar, Cosine Distance Encoding, model, training, links, persistence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clustering.base import make_method
+from clustering.clusformer import Clusformer, ClusformerConfig, ClusformerNet, build_sequences
+from clustering.clusformer.linking import undirected_links
+from clustering.clusformer.training import (
+    predict_sequences,
+    sequence_loss,
+    sequence_targets,
+    train_clusformer,
+)
+from clustering.knn import KnnGraph, build_knn
+from semiface.errors import ConfigError, DataError
+
+CPU = torch.device("cpu")
+# Hand-made set: unit vectors in the plane at these angles (degrees); cosines are cos(a_i - a_j).
+ANGLES = np.array([0.0, 60.0, 10.0, 100.0, 30.0, 180.0])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are tiny: one intra-op thread is faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _plane(angles: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    rad = np.deg2rad(angles)
+    return (scale * np.stack([np.cos(rad), np.sin(rad)], axis=1)).astype(np.float32)
+
+
+def _shuffled_graph(n: int) -> KnnGraph:
+    """Every row lists all samples in a scrambled order (the grammar must re-sort them), fake sims."""
+    rng = np.random.default_rng(3)
+    nbrs = np.stack([rng.permutation(n) for _ in range(n)]).astype(np.int64)
+    return KnnGraph(nbrs=nbrs, sims=np.zeros((n, n), dtype=np.float32))
+
+
+def _blobs(n_id: int, per_id: int, dim: int = 16, spread: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Small identity clusters on the sphere for the training tests."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_id, dim))
+    labels = np.repeat(np.arange(n_id), per_id)
+    x = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
+    x = x + rng.normal(size=x.shape) * spread / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_sequence_is_centre_then_decreasing_cosine():
+    feats = _plane(ANGLES, scale=3.0)  # not unit-norm on purpose: the grammar normalises
+    batch = build_sequences(feats, _shuffled_graph(6), np.array([0, 3]), k=4)
+    # centre 0 (0 deg): 10, 30, 60 deg next; centre 3 (100 deg): 60 (cos 40), 30 (cos 70), 180 (cos 80)
+    np.testing.assert_array_equal(batch.ids, [[0, 2, 4, 1], [3, 1, 4, 5]])
+    assert not batch.pad.any()
+
+
+def test_cosine_distance_encoding_values():
+    feats = _plane(ANGLES)
+    batch = build_sequences(feats, _shuffled_graph(6), np.array([0]), k=4)
+    angles = ANGLES[batch.ids[0]]
+    expected = np.cos(np.deg2rad(angles[:, None] - angles[None, :]))
+    np.testing.assert_allclose(batch.sims[0].numpy(), expected, atol=1e-6)
+    cde = batch.cde_input()
+    assert cde.shape == (1, 4, 2 + 4)
+    np.testing.assert_allclose(cde[0, :, :2].numpy(), feats[batch.ids[0]], atol=1e-6)
+    np.testing.assert_allclose(cde[0, :, 2:].numpy(), expected, atol=1e-6)
+
+
+def test_radius_step_stops_at_first_empty_band():
+    feats = _plane(ANGLES)
+    # cosine distances from 0 deg: 10 -> 0.015, 30 -> 0.134, 60 -> 0.5: bands 0, 0, 1, 5 with step 0.1
+    batch = build_sequences(feats, _shuffled_graph(6), np.array([0]), k=5, radius_step=0.1)
+    np.testing.assert_array_equal(batch.ids, [[0, 2, 4, -1, -1]])
+    np.testing.assert_array_equal(batch.pad.numpy(), [[False, False, False, True, True]])
+    assert float(batch.feats[0, 3:].abs().sum()) == 0.0 and float(batch.sims[0, 3:].abs().sum()) == 0.0
+
+
+def test_centre_first_even_when_graph_misses_it_and_pads_short_rows():
+    feats = _plane(ANGLES)
+    graph = KnnGraph(nbrs=np.array([[4, -1, 2]] * 6), sims=np.zeros((6, 3), dtype=np.float32))
+    batch = build_sequences(feats, graph, np.array([0]), k=5)
+    np.testing.assert_array_equal(batch.ids, [[0, 2, 4, -1, -1]])
+    np.testing.assert_array_equal(batch.pad.numpy(), [[False, False, False, True, True]])
+
+
+@pytest.mark.parametrize("encoding", ["cde", "none", "learnable", "sinusoidal"])
+def test_every_encoding_gives_one_logit_per_position(encoding):
+    feats, _ = _blobs(4, 5)
+    cfg = ClusformerConfig(k=6, encoding=encoding, d_model=16, nhead=2, dim_feedforward=32,
+                           num_encoder_layers=1, num_decoder_layers=1)
+    model = ClusformerNet(16, cfg)
+    assert model.input_proj.in_features == (16 + 6 if encoding == "cde" else 16)
+    batch = build_sequences(feats, build_knn(feats, 6), np.arange(3), k=6)
+    logits = model(batch.feats, batch.sims, batch.pad)
+    assert logits.shape == (3, 6) and torch.isfinite(logits).all()
+
+
+def test_targets_exclude_centre_and_padding():
+    feats = _plane(ANGLES)
+    labels = np.array([7, 7, 7, 8, 8, 9])
+    graph = KnnGraph(nbrs=np.array([[4, -1, 2]] * 6), sims=np.zeros((6, 3), dtype=np.float32))
+    batch = build_sequences(feats, graph, np.array([0]), k=4)  # ids 0, 2, 4, pad
+    targets, counted = sequence_targets(batch, labels, CPU)
+    np.testing.assert_array_equal(targets.numpy(), [[1, 1, 0, 1]])
+    np.testing.assert_array_equal(counted.numpy(), [[False, True, True, False]])
+
+
+def test_training_steps_lower_the_loss():
+    feats, labels = _blobs(12, 10, spread=1.0)
+    cfg = ClusformerConfig(k=12, d_model=32, nhead=4, dim_feedforward=64, epochs=6, batch_size=8, lr=2e-3)
+    graph = build_knn(feats, 12)
+    torch.manual_seed(0)
+    model = ClusformerNet(16, cfg)
+    batch = build_sequences(feats, graph, np.arange(len(feats)), k=12)
+    targets, counted = sequence_targets(batch, labels, CPU)
+
+    def loss_now() -> float:
+        with torch.no_grad():
+            return float(sequence_loss(model(batch.feats, batch.sims, batch.pad), targets, counted))
+
+    before = loss_now()
+    history = train_clusformer(model, feats, labels, graph, cfg, CPU)
+    after = loss_now()
+    assert len(history) == 6
+    assert after < 0.7 * before, (before, after)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_training(tmp_path):
+    feats, labels = _blobs(6, 8)
+    cfg = ClusformerConfig(k=8, d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1,
+                           num_decoder_layers=1, epochs=2, batch_size=16, dropout=0.1)
+    graph = build_knn(feats, 8)
+
+    def fresh() -> ClusformerNet:
+        torch.manual_seed(1)
+        return ClusformerNet(16, cfg)
+
+    straight = fresh()
+    train_clusformer(straight, feats, labels, graph, cfg, CPU)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_first_epoch(model: ClusformerNet) -> dict[str, float]:
+        if crash_after_first_epoch.calls:
+            raise Crash
+        crash_after_first_epoch.calls += 1
+        return {}
+
+    crash_after_first_epoch.calls = 0
+    ckpt = tmp_path / "clusformer.pt"
+    with pytest.raises(Crash):
+        train_clusformer(fresh(), feats, labels, graph, cfg, CPU, validate=crash_after_first_epoch, checkpoint=ckpt)
+    resumed = fresh()
+    history = train_clusformer(resumed, feats, labels, graph, cfg, CPU, checkpoint=ckpt)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        train_clusformer(ClusformerNet(16, cfg.with_updates(d_model=32)), feats, labels, graph,
+                         cfg.with_updates(d_model=32), CPU, checkpoint=ckpt)
+
+
+def test_link_rules_combine_both_directions():
+    # sequences: 0 -> [1 (0.9), 2 (0.6)], 1 -> [0 (0.7)], 2 -> [1 (0.4)]
+    ids = np.array([[0, 1, 2], [1, 0, -1], [2, 1, -1]])
+    probs = np.array([[1, 0.9, 0.6], [1, 0.7, 0], [1, 0.4, 0]], dtype=np.float32)
+    got = {rule: undirected_links(3, ids, probs, rule) for rule in ("any", "mutual", "average")}
+    src, dst, w = got["any"]
+    assert list(zip(src, dst, np.round(w, 3), strict=True)) == [(0, 1, 0.9), (0, 2, 0.6), (1, 2, 0.4)]
+    src, dst, w = got["mutual"]
+    assert list(zip(src, dst, np.round(w, 3), strict=True)) == [(0, 1, 0.7)]
+    src, dst, w = got["average"]
+    assert list(zip(src, dst, np.round(w, 3), strict=True)) == [(0, 1, 0.8), (0, 2, 0.3), (1, 2, 0.2)]
+
+
+def _small_method(**overrides) -> Clusformer:
+    params = dict(k=10, d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1, num_decoder_layers=1,
+                  epochs=2, batch_size=32, val_fraction=0.25)
+    return make_method("clusformer", **{**params, **overrides})
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    feats, labels = _blobs(16, 8, spread=0.8)
+    test_feats, _ = _blobs(10, 8, spread=0.8, seed=5)
+    method = _small_method().fit(feats, labels)
+    assert method.tau_ is not None and method.history_[-1]["val_pairwise_f"] > 0
+    graph = build_knn(test_feats, 10)
+    first = method.fit_predict(test_feats, graph)
+    path = method.save(tmp_path / "model.pt")
+    loaded = Clusformer.load(path)
+    second = loaded.fit_predict(test_feats, graph)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(method.confidence_, loaded.confidence_)
+    assert first.dtype == np.int64 and method.confidence_.dtype == np.float32
+    assert loaded.tau_ == method.tau_ and loaded.config == method.config
+
+
+def test_drop_below_removes_low_confidence_members():
+    feats, labels = _blobs(16, 8, spread=0.8)
+    test_feats, _ = _blobs(10, 8, spread=0.8, seed=5)
+    graph = build_knn(test_feats, 10)
+    method = _small_method(epochs=1).fit(feats, labels)
+    kept = method.fit_predict(test_feats, graph)
+    confidence = method.confidence_
+    cut = float(np.quantile(confidence, 0.3))
+    method.config = method.config.with_updates(drop_below=cut)
+    dropped = method.fit_predict(test_feats, graph)
+    np.testing.assert_array_equal(dropped == -1, confidence < cut)
+    np.testing.assert_array_equal(dropped[dropped >= 0], kept[dropped >= 0])
+
+
+def test_bad_input_is_refused(tmp_path):
+    feats, labels = _blobs(6, 5)
+    with pytest.raises(ConfigError, match="encoding"):
+        make_method("clusformer", encoding="rotary")
+    with pytest.raises(ConfigError, match="link_rule"):
+        make_method("clusformer", link_rule="sometimes")
+    with pytest.raises(ConfigError, match="fit"):
+        make_method("clusformer").fit_predict(feats, build_knn(feats, 5))
+    with pytest.raises(DataError, match="labels"):
+        _small_method().fit(feats, labels[:-1])
+    bad = feats.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        _small_method().fit(bad, labels)
+    method = _small_method(epochs=1, val_fraction=0.0).fit(feats, labels)
+    with pytest.raises(DataError, match="16 feature columns"):
+        method.fit_predict(np.ones((5, 8), dtype=np.float32), build_knn(np.ones((5, 8), dtype=np.float32), 3))
+    with pytest.raises(DataError, match="rows"):
+        method.fit_predict(feats, build_knn(feats[:10], 5))
+    with pytest.raises(DataError, match="not found"):
+        Clusformer.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="junk.pt"):
+        Clusformer.load(tmp_path / "junk.pt")
+
+
+def test_inference_is_batched_and_deterministic():
+    feats, labels = _blobs(8, 6)
+    cfg = ClusformerConfig(k=6, d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1,
+                           num_decoder_layers=1, infer_batch_size=7)
+    model = ClusformerNet(16, cfg)
+    graph = build_knn(feats, 6)
+    ids, probs = predict_sequences(model, feats, graph, cfg, CPU)
+    ids_one, probs_one = predict_sequences(model, feats, graph, cfg.with_updates(infer_batch_size=1000), CPU)
+    np.testing.assert_array_equal(ids, ids_one)
+    np.testing.assert_allclose(probs, probs_one, atol=1e-6)
+    assert (ids[:, 0] == np.arange(len(feats))).all() and (probs[:, 0] == 1).all()
