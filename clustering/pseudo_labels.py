@@ -18,8 +18,9 @@ import pandas as pd
 
 from semiface.errors import ConfigError, DataError
 
-# Identity strings that mean "ground truth unknown" (validate_manifest casts missing values to str).
-_UNKNOWN_IDENTITIES = frozenset({"", "None", "nan", "NaN", "<NA>", "unknown"})
+# Identity strings (after strip + casefold) that mean "ground truth unknown"; validate_manifest
+# casts missing values to str, and recognition_eval uses the same set.
+_UNKNOWN_IDENTITIES = frozenset({"", "nan", "none", "<na>", "unknown", "-1"})
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def upper_bound_frame(manifest: pd.DataFrame, unlabelled_index: np.ndarray) -> t
     unlabelled_index = np.asarray(unlabelled_index, dtype=np.int64)
     labelled = _labelled_rows(manifest)
     sampled = manifest.iloc[unlabelled_index].copy()
-    unknown = sampled["identity"].isin(_UNKNOWN_IDENTITIES)
+    unknown = ~known_identity_mask(sampled["identity"])
     if unknown.any():
         raise DataError(
             "manifest", f"upper bound needs ground-truth identities; {int(unknown.sum())} sampled rows have none"
@@ -223,6 +224,11 @@ def lower_bound_frame(manifest: pd.DataFrame) -> pd.DataFrame:
     return _labelled_rows(manifest).reset_index(drop=True)
 
 
+def known_identity_mask(identities: pd.Series) -> np.ndarray:
+    """True where a row's ground-truth identity is known (not empty / nan / none / unknown / -1)."""
+    return ~identities.astype(str).str.strip().str.casefold().isin(_UNKNOWN_IDENTITIES).to_numpy()
+
+
 def _labelled_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     labelled = manifest[manifest["split"] == "labelled"].copy()
     if labelled.empty:
@@ -236,7 +242,7 @@ def _labelled_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def _purity(pseudo: pd.DataFrame) -> tuple[float | None, int | None]:
     """Share of kept rows whose cluster's majority identity is their own; None without ground truth."""
-    if pseudo.empty or pseudo["identity"].isin(_UNKNOWN_IDENTITIES).any():
+    if pseudo.empty or not known_identity_mask(pseudo["identity"]).all():
         return None, None
     majority = pseudo.groupby("label")["identity"].agg(lambda s: s.value_counts().iloc[0]).sum()
     return float(majority / len(pseudo)), int(pseudo["identity"].nunique())
