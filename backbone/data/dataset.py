@@ -47,13 +47,12 @@ class ManifestImageDataset(Dataset):
         self.transform = transform
         self.image_size = image_size
         self.record_file = Path(record_file) if record_file is not None else None
-        self._reader = None
         if self.record_file is not None:
             if "rec_index" not in manifest.columns:
                 raise DataError("manifest", f"column 'rec_index' is required to read from {self.record_file}")
-            from backbone.data.recordio import RecordIOReader  # opened here to fail early on a bad file
+            from backbone.data.recordio import RecordIOReader
 
-            RecordIOReader(self.record_file).close()
+            self.reader = RecordIOReader(self.record_file)  # pread-based and picklable: fine in workers
             self.rec_index = manifest["rec_index"].to_numpy(np.int64)
             self.root = None
         else:
@@ -79,17 +78,4 @@ class ManifestImageDataset(Dataset):
         if self.record_file is None:
             path = Path(str(self.paths[index]))
             return read_image(path if self.root is None or path.is_absolute() else self.root / path)
-        return self._record_reader().read_image(int(self.rec_index[index]))
-
-    def _record_reader(self):
-        # opened lazily in each process: a file handle must not be shared across DataLoader workers
-        if self._reader is None:
-            from backbone.data.recordio import RecordIOReader
-
-            self._reader = RecordIOReader(self.record_file)
-        return self._reader
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_reader"] = None
-        return state
+        return self.reader.read_image(int(self.rec_index[index]))
