@@ -1,0 +1,169 @@
+"""What every stage task shares: the run context, the cached execution, artifacts, fault injection.
+
+A stage task builds a ``StageSpec`` (parameters, upstream results, external inputs, code paths)
+and a ``compute(stage_dir)`` function, then calls ``execute``: a cache hit returns a Prefect
+``Completed`` state named ``Cached`` (so the dashboard and the flow see "skipped"), a miss
+computes and returns the ``StageResult``. Flows read either through ``result_of``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import Task, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.states import Completed, State
+
+from semiface.errors import SemifaceError
+from tasks.stage_cache import StageResult, StageSpec, StageStore
+
+FAULT_ENV = "SEMIFACE_INJECT_FAULT"
+# Embed plots in markdown artifacts (as data URIs) up to this size; larger ones are linked by path only.
+MAX_EMBEDDED_PNG = 400_000
+
+
+class InjectedFault(SemifaceError, RuntimeError):
+    """Raised on purpose (``SEMIFACE_INJECT_FAULT``) to test retries and resumption."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Per-run settings every task needs: where the cache lives, how to name artifacts, devices."""
+
+    cache_root: str
+    label: str = "run"  # e.g. "ratio-3", "lower-bound": prefixes artifact keys
+    device: str = "auto"
+    num_workers: int = 0
+    refresh: tuple[str, ...] = ()  # stage names to recompute even when cached
+
+
+def execute(
+    ctx: StageContext,
+    spec: StageSpec,
+    compute: Callable[[Path], tuple[Mapping[str, Path], dict[str, Any]]],
+    report: Callable[[StageResult], str],
+    tables: Callable[[StageResult], Mapping[str, list[dict[str, Any]]]] | None = None,
+) -> StageResult | State:
+    """Run ``compute`` unless its outputs for ``spec`` exist; publish the stage's artifacts either way.
+
+    ``report(result)`` gives the markdown body; ``tables(result)`` named table artifacts.
+    """
+    logger = get_run_logger()
+    store = StageStore(ctx.cache_root)
+    refresh = spec.stage in ctx.refresh
+
+    def guarded(folder: Path) -> tuple[Mapping[str, Path], dict[str, Any]]:
+        logger.info("%s: computing in %s", spec.stage, folder)
+        maybe_inject_fault(spec.stage, Path(ctx.cache_root))
+        return compute(folder)
+
+    result = store.run(spec, guarded, refresh=refresh)
+    heading = f"## {spec.stage} ({ctx.label})\n\n"
+    if result.cached:
+        note = f"skipped: outputs for key {result.key[:16]} already in {result.dir} (computed in {result.seconds:.1f} s)"
+        logger.info("%s: %s", spec.stage, note)
+        heading += f"*Cached: {note}.*\n\n"
+    else:
+        logger.info("%s: done in %.1f s -> %s", spec.stage, result.seconds, result.dir)
+        heading += f"*Computed in {result.seconds:.1f} s; outputs in `{result.dir}`.*\n\n"
+    create_markdown_artifact(heading + report(result), key=artifact_key(ctx.label, spec.stage),
+                             description=f"{spec.stage} summary")
+    for name, rows in (tables(result) if tables else {}).items():
+        if rows:
+            create_table_artifact(rows, key=artifact_key(ctx.label, name), description=name.replace("-", " "))
+    if result.cached:
+        return Completed(name="Cached", message=note, data=result)
+    return result
+
+
+def result_of(task: Task, *args: Any, **kwargs: Any) -> StageResult:
+    """Call a stage task in a flow and return its StageResult whether it computed or was cached."""
+    return task(*args, return_state=True, **kwargs).result()
+
+
+def maybe_inject_fault(stage: str, cache_root: Path) -> None:
+    """Fail the first N computations of ``stage`` when ``SEMIFACE_INJECT_FAULT`` says ``stage:N``.
+
+    The count is kept in ``<cache root>/.faults/<stage>`` so it holds across retries and processes.
+    Several stages: ``SEMIFACE_INJECT_FAULT=train_backbone:1,evaluate:3``.
+    """
+    wanted = _fault_plan(os.environ.get(FAULT_ENV, "")).get(stage, 0)
+    if wanted <= 0:
+        return
+    counter = cache_root / ".faults" / stage
+    done = int(counter.read_text()) if counter.is_file() else 0
+    if done >= wanted:
+        return
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    counter.write_text(str(done + 1))
+    raise InjectedFault(f"{stage}: injected fault {done + 1}/{wanted} ({FAULT_ENV})")
+
+
+def _fault_plan(text: str) -> dict[str, int]:
+    plan = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, _, count = item.partition(":")
+        plan[stage] = int(count) if count else 1
+    return plan
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())).strip("-")
+
+
+class Progress:
+    """A Prefect progress artifact, updated as work advances (0..100)."""
+
+    def __init__(self, ctx: StageContext, stage: str, description: str) -> None:
+        self._id: UUID = create_progress_artifact(
+            0.0, key=artifact_key(ctx.label, stage, "progress"), description=description
+        )
+
+    def update(self, percent: float) -> None:
+        update_progress_artifact(self._id, min(100.0, max(0.0, float(percent))))
+
+
+def png_markdown(path: str | Path, title: str) -> str:
+    """Markdown showing a saved PNG: embedded as a data URI when small, and always its path."""
+    path = Path(path)
+    if not path.is_file():
+        return f"*{title}: plot missing ({path})*\n"
+    text = f"**{title}**: `{path}`\n\n"
+    data = path.read_bytes()
+    if len(data) <= MAX_EMBEDDED_PNG:
+        text += f"![{title}](data:image/png;base64,{base64.b64encode(data).decode()})\n"
+    return text
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
+    """A markdown table from a list of dicts (same keys); floats rounded."""
+    if not rows:
+        return "*(empty)*\n"
+    columns = list(rows[0])
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.{digits}f}"
+        return "-" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A flat summary as two-column rows (for a markdown table)."""
+    return [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, dict | list)]

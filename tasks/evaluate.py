@@ -1,0 +1,58 @@
+"""Stage 9, MegaFace-style identification and verification of a model's features (probe vs distractors)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from recognition_eval.identification import DEFAULT_SIZES
+from tasks.common import StageContext, execute, markdown_table, png_markdown
+from tasks.stage_cache import StageResult, StageSpec
+
+PLOTS = {"rank1_plot": "rank1_vs_distractors.png", "cmc_plot": "cmc.png", "roc_plot": "roc.png"}
+
+
+@task(name="evaluate", task_run_name="evaluate[{ctx.label}/{model_name}]", tags=["stage", "evaluation"],
+      retries=1, retry_delay_seconds=5)
+def evaluate_task(
+    ctx: StageContext,
+    data: StageResult,
+    features: StageResult,
+    model_name: str,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    seed: int = 0,
+) -> StageResult:
+    """Rank-1 (CMC) at each distractor-set size and TAR at FAR of ``features``' probe rows.
+
+    ``model_name`` ("first model", "retrained") only labels the dashboard; it is not part of the key.
+    """
+    from recognition_eval.report import evaluate
+
+    spec = StageSpec("evaluate", {"sizes": [int(s) for s in sizes], "seed": seed}, (data, features),
+                     code=("recognition_eval", "semiface", "tasks/evaluate.py"), runtime={"device": ctx.device})
+
+    def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        summary = evaluate(features.path("features"), data.path("manifest"), folder, sizes=sizes, seed=seed,
+                           device=ctx.device)
+        outputs = {"results": folder / "results.json", "identification": folder / "identification.parquet",
+                   "verification": folder / "verification.parquet"}
+        outputs.update({name: folder / file for name, file in PLOTS.items()})
+        return outputs, summary
+
+    def report(result: StageResult) -> str:
+        s = result.summary
+        text = (f"**{model_name}**: rank-1 {100 * s['rank1_at_largest']:.2f} % at {s['largest_size']} distractors "
+                f"({s['n_pairs']} probe pairs).\n\n" + markdown_table(identification_rows(result, model_name)))
+        return text + "\n" + "".join(png_markdown(result.outputs[name], name.replace("_", " ")) for name in PLOTS)
+
+    return execute(ctx, spec, compute, report,
+                   lambda r: {f"identification-{model_name}": identification_rows(r, model_name)})
+
+
+def identification_rows(result: StageResult, model_name: str) -> list[dict[str, Any]]:
+    """One row per distractor-set size: the model, the size label and rank-1."""
+    return [{"model": model_name, "distractors": size, "rank1": value}
+            for size, value in result.summary["rank1"].items()]

@@ -1,0 +1,135 @@
+"""Stage 1, prepare data: turn the chosen source into one manifest (and, for features, one feature file).
+
+Sources: ``demo`` (generated faces), ``folder`` (one sub-folder per identity), ``recordio``
+(InsightFace ``train.rec``/``train.idx``), ``features`` (learn-to-cluster ``.bin``/``.meta``:
+no images, so no backbone stages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from semiface.errors import ConfigError, DataError, reject_unknown
+from semiface.features import check_features, l2_normalize, load_features, load_meta, save_features
+from semiface.manifest import SPLITS, read_manifest, write_manifest
+from tasks.common import StageContext, execute, markdown_table
+from tasks.stage_cache import StageResult, StageSpec
+
+SOURCES = ("demo", "folder", "recordio", "features")
+# learn-to-cluster layout: <root>/features/<part>.bin and <root>/labels/<part>.meta
+FEATURE_OPTIONS = {"labelled_part": "part0_train", "unlabelled_part": "part1_test", "dim": 256}
+
+
+def data_options_for(source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The source's options with defaults filled in; unknown names raise ConfigError."""
+    if source == "demo":
+        from backbone.data.demo_faces import DemoConfig
+
+        reject_unknown(options, {f.name for f in fields(DemoConfig)}, "data_options (demo)")
+        DemoConfig(**options)  # validates values
+        return dict(options)
+    if source == "features":
+        reject_unknown(options, set(FEATURE_OPTIONS), "data_options (features)")
+        return {**FEATURE_OPTIONS, **options}
+    raise ConfigError(f"data_source: {source!r} is not one of {list(SOURCES)}")
+
+
+def required_inputs(source: str, data_path: str | None, options: dict[str, Any]) -> dict[str, Path]:
+    """The external files/folders a source reads (checked to exist before anything runs)."""
+    if source == "demo":
+        return {}
+    if not data_path:
+        raise ConfigError(f"data_path: required for data_source={source!r}")
+    root = Path(data_path)
+    if source == "features":
+        opts = {**FEATURE_OPTIONS, **options}
+        return {
+            f"{role}_{kind}": root / folder / f"{opts[f'{role}_part']}{ext}"
+            for role in ("labelled", "unlabelled")
+            for kind, folder, ext in (("features", "features", ".bin"), ("labels", "labels", ".meta"))
+        }
+    return {"data": root}
+
+
+@task(name="prepare-data", task_run_name="prepare-data[{source}]", tags=["stage", "data"],
+      retries=2, retry_delay_seconds=5)
+def prepare_data(ctx: StageContext, source: str, data_path: str | None, options: dict[str, Any],
+                 seed: int) -> StageResult:
+    """Build the manifest of ``source``; cached on the source's fingerprint and options."""
+    options = data_options_for(source, options)
+    external = {name: str(path) for name, path in required_inputs(source, data_path, options).items()}
+    code = ("backbone/data", "semiface", "tasks/prepare_data.py")
+    spec = StageSpec("prepare_data", {"source": source, "options": options, "seed": seed}, (), external, code)
+
+    def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        if source == "demo":
+            return _prepare_demo(folder, options)
+        if source == "features":
+            return _prepare_features(folder, external, options)
+        raise ConfigError(f"data_source: {source!r} is not wired yet")
+
+    return execute(ctx, spec, compute, _report)
+
+
+def _prepare_demo(folder: Path, options: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
+    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+
+    manifest_path = generate_demo_dataset(folder / "data", DemoConfig(**options))
+    return {"manifest": manifest_path}, _describe(read_manifest(manifest_path), image_root=manifest_path.parent)
+
+
+def _prepare_features(folder: Path, external: dict[str, str], options: dict[str, Any]) -> tuple[dict, dict]:
+    """Concatenate labelled then unlabelled learn-to-cluster parts into features.npy + a manifest.
+
+    The unlabelled part's labels are kept only as ground-truth identities (for clustering metrics).
+    """
+    dim = int(options["dim"])
+    blocks, frames = [], []
+    for role in ("labelled", "unlabelled"):
+        feats_path, meta_path = Path(external[f"{role}_features"]), Path(external[f"{role}_labels"])
+        feats = load_features(feats_path, dim=dim, mmap=True)
+        check_features(feats, feats_path, dim)
+        labels = load_meta(meta_path, expected=len(feats))
+        blocks.append(l2_normalize(feats))
+        part = options[f"{role}_part"]
+        frames.append(pd.DataFrame({
+            "path": [f"{part}#{i}" for i in range(len(labels))],
+            "label": _contiguous(labels) if role == "labelled" else np.full(len(labels), -1, dtype=np.int64),
+            "identity": [f"{part}:{v}" for v in labels],  # parts have disjoint people: prefix keeps them apart
+            "split": role,
+        }))
+    manifest_path = write_manifest(pd.concat(frames, ignore_index=True), folder / "manifest.parquet")
+    features_path = save_features(folder / "features.npy", np.concatenate(blocks))
+    return (
+        {"manifest": manifest_path, "features": features_path},
+        _describe(read_manifest(manifest_path), image_root=None),
+    )
+
+
+def _contiguous(labels: np.ndarray) -> np.ndarray:
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _describe(frame: pd.DataFrame, image_root: Path | None) -> dict[str, Any]:
+    counts = frame.groupby("split")["identity"].agg(["size", "nunique"])
+    if not (frame["split"] == "labelled").any():
+        raise DataError("manifest", "no labelled rows: nothing to train the first model on")
+    return {
+        "image_root": str(image_root) if image_root is not None else None,
+        "has_images": image_root is not None,
+        "n_rows": len(frame),
+        "images": {s: int(counts.loc[s, "size"]) if s in counts.index else 0 for s in SPLITS},
+        "identities": {s: int(counts.loc[s, "nunique"]) if s in counts.index else 0 for s in SPLITS},
+    }
+
+
+def _report(result: StageResult) -> str:
+    s = result.summary
+    rows = [{"split": split, "images": s["images"][split], "identities": s["identities"][split]} for split in SPLITS]
+    return f"Manifest: `{result.outputs['manifest']}`\n\n" + markdown_table(rows)

@@ -1,0 +1,86 @@
+"""Stage 2, train the backbone on the labelled rows (and, reused by ``retrain``, on a retraining manifest)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.common import Progress, StageContext, execute, markdown_table, png_markdown
+from tasks.plots import plot_training_curve
+from tasks.stage_cache import StageResult, StageSpec
+
+CODE = ("backbone", "semiface")
+# TrainConfig fields the task sets itself (from the run context or upstream stages).
+TASK_OWNED = frozenset({"device", "num_workers", "verbose", "init"})
+
+
+def run_training(
+    ctx: StageContext,
+    stage: str,
+    data: StageResult,
+    train: dict[str, Any],
+    manifest: StageResult | None,
+    init: StageResult | None,
+    code_file: str,
+) -> StageResult:
+    """Train on ``manifest`` (default: the data's own manifest, labelled rows) inside the stage folder."""
+    from backbone.train import TrainConfig, train_backbone
+
+    upstream = tuple(r for r in (data, manifest, init) if r is not None)
+    spec = StageSpec(stage, {"train": train, "init": "upstream" if init else "scratch"}, upstream,
+                     code=(*CODE, code_file), runtime={"device": ctx.device, "num_workers": ctx.num_workers})
+
+    def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        logger = get_run_logger()
+        config = TrainConfig.from_dict({
+            **train, "device": ctx.device, "num_workers": ctx.num_workers, "verbose": False,
+            "init": str(init.path("model")) if init else "scratch",
+        })
+        progress = Progress(ctx, stage, f"{stage}: epochs done")
+
+        def on_epoch(e: dict) -> None:
+            logger.info("%s epoch %d/%d: loss %.4f, lr %.4g, %.1f img/s", stage, e["epoch"], e["epochs"],
+                        e["loss"], e["lr"], e["images_per_sec"])
+            progress.update(100.0 * e["epoch"] / e["epochs"])
+
+        source = manifest.path("manifest") if manifest else data.path("manifest")
+        record = data.summary.get("record_file")
+        model = train_backbone(source, _image_root(data), folder / "train", config, progress=on_epoch,
+                               record_file=Path(record) if record else None)
+        progress.update(100.0)
+        metrics = model.parent / "metrics.json"
+        history = json.loads(metrics.read_text(encoding="utf-8"))
+        plot = plot_training_curve(history, folder / "training_curve.png", f"{stage}: {train.get('trunk', '')}")
+        last = history[-1]
+        summary = {
+            "trunk": config.trunk, "epochs": config.epochs, "num_images": last["num_images"],
+            "num_classes": last["num_classes"], "final_loss": last["loss"],
+            "images_per_sec": last["images_per_sec"], "init": config.init,
+            "history": [{k: e[k] for k in ("epoch", "loss", "lr", "seconds")} for e in history],
+        }
+        return {"model": model, "metrics": metrics, "plot": plot}, summary
+
+    return execute(ctx, spec, compute, _report)
+
+
+def _image_root(data: StageResult) -> Path | None:
+    root = data.summary.get("image_root")
+    return Path(root) if root else None
+
+
+def _report(result: StageResult) -> str:
+    s = result.summary
+    head = (f"Trunk `{s['trunk']}`, {s['num_images']} images of {s['num_classes']} classes, "
+            f"{s['epochs']} epochs, init `{s['init']}`: final loss {s['final_loss']:.4f}.\n\n"
+            f"Model: `{result.outputs['model']}`\n\n")
+    return head + markdown_table(s["history"]) + "\n" + png_markdown(result.outputs["plot"], "training curve")
+
+
+@task(name="train-backbone", task_run_name="train-backbone[{ctx.label}]", tags=["stage", "backbone", "gpu"],
+      retries=1, retry_delay_seconds=10)
+def train_backbone_task(ctx: StageContext, data: StageResult, train: dict[str, Any]) -> StageResult:
+    """The first model: trained on the labelled rows only (it is also the lower bound)."""
+    return run_training(ctx, "train_backbone", data, train, None, None, "tasks/train_backbone.py")

@@ -1,0 +1,103 @@
+"""Stage 5, train the clustering method (FaceT, Clusformer) on the labelled features."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from clustering.base import Clusterer, make_method
+from clustering.knn import KnnGraph
+from semiface.features import load_features
+from semiface.manifest import read_manifest
+from tasks.common import Progress, StageContext, execute, markdown_table, summary_rows
+from tasks.stage_cache import StageResult, StageSpec
+
+CODE = ("clustering", "semiface")
+# Method parameters that change where or how a method runs, not what it computes: set by the
+# task (device from the run, checkpoints inside the stage folder), left out of the cache key.
+RUNTIME_PARAMS = frozenset({"device", "work_dir", "checkpoint", "progress"})
+
+
+def build_method(method: str, params: dict[str, Any], device: str, work: Path | None = None) -> Clusterer:
+    """``make_method`` with the runtime parameters the method accepts filled in."""
+    probe = make_method(method, **params)
+    accepted = inspect.signature(type(probe)).parameters
+    runtime: dict[str, Any] = {"device": device}
+    if work is not None:
+        runtime.update({"work_dir": str(work), "checkpoint": str(work / "checkpoint.pt")})
+    extra = {k: v for k, v in runtime.items() if k in accepted and k not in params}
+    return make_method(method, **params, **extra) if extra else probe
+
+
+def load_method(method: str, params: dict[str, Any], trained: StageResult, device: str) -> Clusterer:
+    """The trained method of ``trained`` when it has one, else a fresh (training-free) method."""
+    if "model" not in trained.outputs:
+        return build_method(method, params, device)
+    cls = type(make_method(method, **params))
+    loader = cls.load
+    if "device" in inspect.signature(loader).parameters:
+        return loader(trained.path("model"), device=device)
+    return loader(trained.path("model"))
+
+
+def subset(features: StageResult, knn: StageResult) -> tuple[np.ndarray, np.ndarray, KnnGraph]:
+    """(manifest row numbers, their features, their kNN graph) of a build-knn stage."""
+    rows = np.load(knn.path("rows"))
+    feats = np.asarray(load_features(features.path("features"))[rows], dtype=np.float32)
+    return rows, feats, KnnGraph.load(knn.path("knn"))
+
+
+@task(name="train-clusterer", task_run_name="train-clusterer[{ctx.label}/{method}]",
+      tags=["stage", "clustering", "gpu"], retries=1, retry_delay_seconds=10)
+def train_clusterer_task(
+    ctx: StageContext,
+    data: StageResult,
+    features: StageResult,
+    knn: StageResult,
+    method: str,
+    params: dict[str, Any],
+) -> StageResult:
+    """Fit ``method`` on the labelled rows of ``knn``; methods that learn nothing record just that."""
+    key_params = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
+    spec = StageSpec("train_clusterer", {"method": method, "params": key_params}, (data, features, knn),
+                     code=(*CODE, "tasks/train_clusterer.py"), runtime={"device": ctx.device})
+
+    def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        model = build_method(method, key_params, ctx.device, work=folder / "work")
+        if not model.needs_training:
+            return {}, {"method": method, "trained": False}
+        (folder / "work").mkdir(exist_ok=True)
+        progress = Progress(ctx, "train-clusterer", f"training {method}")
+        rows, feats, graph = subset(features, knn)
+        labels = read_manifest(data.path("manifest"))["label"].to_numpy()[rows]
+        started = time.perf_counter()
+        model.fit(feats, labels, graph)
+        progress.update(90.0)
+        path = model.save(folder / "clusterer.pt")
+        progress.update(100.0)
+        history = [_plain(h) for h in getattr(model, "history_", [])]
+        tau = getattr(model, "tau_", None)
+        get_run_logger().info("%s trained on %d labelled rows in %.1f s (tuned tau: %s)",
+                              method, len(rows), time.perf_counter() - started, tau)
+        return {"model": path}, {"method": method, "trained": True, "rows": int(len(rows)),
+                                 "classes": int(len(np.unique(labels))), "tau": tau, "history": history}
+
+    def report(result: StageResult) -> str:
+        s = result.summary
+        if not s["trained"]:
+            return f"`{method}` learns nothing from labelled data: no training.\n"
+        text = markdown_table(summary_rows(s))
+        if s["history"]:
+            text += "\nPer epoch:\n\n" + markdown_table(s["history"])
+        return text
+
+    return execute(ctx, spec, compute, report)
+
+
+def _plain(row: dict) -> dict:
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
