@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from semiface.atomic import save_parquet
@@ -37,6 +38,11 @@ def validate_manifest(frame: pd.DataFrame, source: str | Path = "manifest") -> p
         labels = frame["label"].astype("int64")
     except (TypeError, ValueError) as exc:
         raise DataError(source, f"column 'label' must be integers ({exc})") from exc
+    if pd.api.types.is_float_dtype(frame["label"]):  # astype would truncate 1.5 to 1 silently
+        fractional = np.flatnonzero(labels.to_numpy() != frame["label"].to_numpy())
+        if len(fractional):
+            rows = fractional[:5].tolist()
+            raise DataError(source, f"column 'label' must be integers, found fractions in rows {rows} (first 5 shown)")
     frame = frame.assign(label=labels, identity=frame["identity"].astype(str), split=frame["split"].astype(str))
     return frame.reset_index(drop=True)
 
