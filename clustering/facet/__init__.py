@@ -1,0 +1,8 @@
+"""FaceT (Face Transformer) clustering: Relation Encoder + Linkage Predictor, trained on labelled
+features; importing this package registers the ``facet`` method."""
+
+from clustering.facet.config import FaceTConfig
+from clustering.facet.method import FaceT, split_by_identity
+from clustering.facet.model import FaceTModel, LinkagePredictor, RelationEncoder
+
+__all__ = ["FaceT", "FaceTConfig", "FaceTModel", "LinkagePredictor", "RelationEncoder", "split_by_identity"]

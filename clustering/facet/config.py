@@ -1,0 +1,112 @@
+"""FaceT configuration: the paper's defaults, a small preset for demos and tests, and checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from semiface.errors import ConfigError, reject_unknown
+
+VARIANTS = ("full", "only_re", "only_lp")
+EDGE_EMBEDDINGS = ("concat", "concat_product")
+LOSS_WEIGHTINGS = ("none", "weighted", "balanced")
+PARTITIONS = ("union_find", "infomap")
+PRESETS = ("paper", "demo")
+
+
+@dataclass(frozen=True)
+class FaceTConfig:
+    """Every FaceT setting; defaults are the paper's (section 4.1) unless noted.
+
+    Neighbour counts exclude the node itself: a node's LP sequence is itself followed by its
+    ``hop1`` nearest neighbours, its RE context itself followed by its ``hop2`` nearest ones.
+    """
+
+    # model
+    variant: str = "full"  # full | only_re (eq. 11-12 linkage) | only_lp (raw features into LP)
+    hop1: int = 150
+    hop2: int = 5
+    depth: int = 2  # d_e: self-attention layers in RE and in LP
+    heads: int = 4
+    head_dim: int = 64
+    ff_dim: int = 1024  # not given by the paper: 4 x model width, as in the original Transformer
+    dropout: float = 0.4
+    # e_qk = cat(g_q, g_qk) as the paper (eq. 8); concat_product appends g_q * g_qk, which lets the
+    # MLP read a learned similarity directly and trains much faster on small labelled sets.
+    edge_embedding: str = "concat"
+    # training
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    warmup_steps: int = 500
+    loss_weighting: str = "balanced"  # none | weighted (inverse class frequency) | balanced (1:1 sampling)
+    val_fraction: float = 0.2  # identities held out of training to validate and tune tau
+    tau_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    seed: int = 0
+    # clustering
+    partition: str = "union_find"  # union_find | infomap
+    tau: float | None = None  # link threshold; None = the one tuned on the validation slice
+    max_cluster_size: int | None = None
+    min_cluster_size: int = 1
+    # execution
+    device: str = "auto"
+    inference_batch: int = 512  # pivots per LP batch (RE batches are 8x larger)
+    memmap_bytes: int = 1 << 30  # enhanced features larger than this go to a memory map
+    work_dir: str | None = None  # checkpoints (resume) and memory maps; None = no checkpoints
+
+    @property
+    def model_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @classmethod
+    def demo(cls, **overrides: object) -> FaceTConfig:
+        """A small, CPU-friendly preset for the demo flow and the tests."""
+        small = dict(
+            hop1=30, hop2=5, heads=2, head_dim=32, ff_dim=128, dropout=0.1, epochs=8, batch_size=32,
+            lr=0.002, warmup_steps=50,
+        )
+        return cls.from_dict({**small, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> FaceTConfig:
+        """``paper`` (the defaults) or ``demo``, with overrides."""
+        if name == "paper":
+            return cls.from_dict(overrides)
+        if name == "demo":
+            return cls.demo(**overrides)
+        raise ConfigError(f"facet: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> FaceTConfig:
+        """Build from a dict, refusing unknown keys (ConfigError names them)."""
+        reject_unknown(params, {f.name for f in dataclasses.fields(cls)}, "facet")
+        if "tau_grid" in params:
+            params = {**params, "tau_grid": tuple(float(t) for t in params["tau_grid"])}
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: object) -> FaceTConfig:
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
+            (self.edge_embedding in EDGE_EMBEDDINGS, f"edge_embedding must be one of {EDGE_EMBEDDINGS}, got {self.edge_embedding!r}"),
+            (self.loss_weighting in LOSS_WEIGHTINGS, f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"),
+            (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
+            (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
+            (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.epochs >= 0 and self.batch_size >= 1, f"epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"),
+            (self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr > 0, weight_decay >= 0, warmup_steps >= 0"),
+            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (len(self.tau_grid) > 0 and all(0.0 < t < 1.0 for t in self.tau_grid), "tau_grid values must lie in (0, 1)"),
+            (self.tau is None or 0.0 <= self.tau < 1.0, f"tau must be in [0, 1) or None, got {self.tau}"),
+            (self.inference_batch >= 1 and self.memmap_bytes >= 0, "inference_batch >= 1, memmap_bytes >= 0"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"facet: {problem}")

@@ -1,0 +1,117 @@
+"""Scalable FaceT inference: RE once per node (all g), then LP per pivot over its hop1 neighbours.
+
+Large arrays stay bounded: raw features and enhanced features larger than ``memmap_bytes`` are
+read from / written to ``.npy`` memory maps and gathered batch by batch; only links above
+``min_prob`` are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clustering.facet.config import FaceTConfig
+from clustering.facet.model import FaceTModel
+from clustering.facet.neighbours import enhance_nodes, gather_sequences
+from semiface.devices import autocast_dtype
+
+RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA, nothing on CPU."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class RowStore:
+    """Rows of a 2-D array served to the device by id: a device tensor, or a (memory-mapped) array."""
+
+    def __init__(self, rows: Tensor | np.ndarray, device: torch.device) -> None:
+        self.rows = rows
+        self.device = device
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, device: torch.device, max_bytes: int) -> RowStore:
+        """Copy to the device when it fits in ``max_bytes``, else read rows on demand."""
+        if array.nbytes <= max_bytes:
+            return cls(torch.as_tensor(np.asarray(array, dtype=np.float32)).to(device), device)
+        return cls(array, device)
+
+    def __getitem__(self, ids: Tensor) -> Tensor:
+        if isinstance(self.rows, Tensor):
+            return self.rows[ids]
+        rows = np.asarray(self.rows[ids.cpu().numpy()], dtype=np.float32)
+        return torch.from_numpy(rows).to(self.device)
+
+
+@torch.inference_mode()
+def enhance_all(
+    model: FaceTModel, features: RowStore, table: Tensor, hop2: int, batch: int, out: Tensor | np.ndarray
+) -> None:
+    """Write g of every node into ``out`` [N, d] (a device tensor or a memory map)."""
+    n = table.shape[0]
+    for start in tqdm(range(0, n, batch), desc="facet RE", unit="batch", disable=None, leave=False):
+        nodes = torch.arange(start, min(start + batch, n), device=table.device)
+        with autocast(table.device):
+            g = enhance_nodes(model, features, table, nodes, hop2).float()
+        if isinstance(out, Tensor):
+            out[start : start + len(nodes)] = g
+        else:
+            out[start : start + len(nodes)] = g.cpu().numpy()
+
+
+@torch.inference_mode()
+def predict_links(
+    model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int, min_prob: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Links (src, dst, P(same)) from every pivot to its hop1 neighbours with P(same) > min_prob."""
+    n = table.shape[0]
+    found: list[tuple[Tensor, Tensor, Tensor]] = []
+    for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
+        pivots = torch.arange(start, min(start + batch, n), device=table.device)
+        with autocast(table.device):
+            ids, sequence, pad = gather_sequences(pivots, table, hop1, enhanced.__getitem__)
+            prob = model.link_log_probs(sequence[:, 0], sequence, pad)[..., 1].exp()
+        keep = ~pad & (prob > min_prob)
+        keep[:, 0] = False  # the pivot itself
+        found.append((pivots[:, None].expand_as(ids)[keep].cpu(), ids[keep].cpu(), prob[keep].float().cpu()))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    src, dst, prob = (torch.cat(parts).numpy() for parts in zip(*found, strict=True))
+    return src.astype(np.int64), dst.astype(np.int64), prob.astype(np.float32)
+
+
+@contextlib.contextmanager
+def _enhanced_store(n: int, d: int, device: torch.device, cfg: FaceTConfig) -> Iterator[tuple[Tensor | np.ndarray, RowStore]]:
+    """Room for all g: on the device when n * d floats fit in ``memmap_bytes``, else a temporary memory map."""
+    if n * d * 4 <= cfg.memmap_bytes:
+        out = torch.empty((n, d), dtype=torch.float32, device=device)
+        yield out, RowStore(out, device)
+        return
+    parent = Path(cfg.work_dir) if cfg.work_dir else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="facet-g-", dir=parent) as tmp:
+        out = np.lib.format.open_memmap(Path(tmp) / "enhanced.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        yield out, RowStore(out, device)
+        del out
+
+
+def link_probabilities(
+    model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device, min_prob: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]."""
+    model.eval()
+    store = RowStore.from_array(features, device, cfg.memmap_bytes)
+    table_t = torch.as_tensor(table, dtype=torch.int64).to(device)
+    with _enhanced_store(len(features), model.model_dim, device, cfg) as (out, enhanced):
+        enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
+        return predict_links(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, min_prob)

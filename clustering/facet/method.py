@@ -1,0 +1,235 @@
+"""FaceT behind the clustering interface: ``make_method("facet", ...)`` / ``"facet+infomap"``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clustering.base import Clusterer, register
+from clustering.facet.config import FaceTConfig
+from clustering.facet.infer import link_probabilities
+from clustering.facet.model import FaceTModel
+from clustering.facet.neighbours import neighbour_table
+from clustering.facet.train import TrainData, model_device, train_model
+from clustering.knn import KnnGraph, build_knn
+from clustering.partition import link_confidence, partition_links
+from semiface.atomic import atomic_path
+from semiface.devices import resolve_device
+from semiface.errors import ConfigError, DataError
+from semiface.features import check_features
+from semiface.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "facet-model-v1"
+CHECKPOINT_NAME = "facet_train.pt"
+DEFAULT_TAU = 0.5  # used only when no tau is set and none could be tuned (no validation slice)
+
+
+@register("facet")
+class FaceT(Clusterer):
+    """Face Transformer (RE + LP) trained on labelled features; links over tau are partitioned.
+
+    Keyword parameters: ``preset`` (``paper`` | ``demo``) and any ``FaceTConfig`` field, which
+    overrides the preset. After ``fit``: ``history_`` (one row per epoch: loss, validation
+    FP/FB at the best tau of the sweep), ``tau_`` (tuned on the validation slice), ``tau_table_``
+    (FP/FB per tau of the last sweep).
+    """
+
+    name = "facet"
+    needs_training = True
+
+    def __init__(self, preset: str = "paper", **overrides: object) -> None:
+        self.config = FaceTConfig.preset(preset, **overrides)
+        self.model: FaceTModel | None = None
+        self.tau_: float | None = None
+        self.tau_table_: list[dict] = []
+        self.history_: list[dict] = []
+        self.confidence_ = None
+
+    @property
+    def tau(self) -> float:
+        """The link threshold in use: the configured one, else the tuned one, else 0.5."""
+        if self.config.tau is not None:
+            return self.config.tau
+        return self.tau_ if self.tau_ is not None else DEFAULT_TAU
+
+    # ---- training -------------------------------------------------------------------------
+    def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> FaceT:
+        """Train on labelled ``features`` [N, D] / ``labels`` [N]; identities held out by
+        ``val_fraction`` validate each epoch and tune tau. ``knn`` (of all N rows) is used only
+        when nothing is held out and it has at least hop1 + 1 columns."""
+        cfg = self.config
+        features, labels = _checked_labelled(features, labels)
+        seed_everything(cfg.seed)
+        device = resolve_device(cfg.device)
+        train_rows, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
+        train_features, train_labels = features[train_rows], labels[train_rows]
+        given = knn if len(val_rows) == 0 else None
+        train_table = self._table(train_features, given)
+        self.model = FaceTModel(features.shape[1], cfg).to(device)
+        validate = None
+        if len(val_rows):
+            val_features, val_labels = features[val_rows], labels[val_rows]
+            val_table = self._table(val_features, None)
+            validate = _Validator(self, val_features, val_labels, val_table)
+        data = TrainData(
+            features=torch.as_tensor(train_features).to(device),
+            labels=torch.as_tensor(train_labels).to(device),
+            table=torch.as_tensor(train_table).to(device),
+        )
+        checkpoint = Path(cfg.work_dir) / CHECKPOINT_NAME if cfg.work_dir else None
+        self.history_ = train_model(
+            self.model, cfg, data, validate=validate, checkpoint=checkpoint,
+            fingerprint=_fingerprint(train_features, train_labels),
+        )
+        if validate is not None:
+            # Tune tau on the kept (best-epoch) weights.
+            validate(self.model)
+            self.tau_, self.tau_table_ = validate.best_tau, validate.table
+        return self
+
+    # ---- inference ------------------------------------------------------------------------
+    def predict_links(
+        self, features: np.ndarray, knn: KnnGraph | None = None, min_prob: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Links (src, dst, P(same identity)) from each node to its hop1 neighbours, P > min_prob
+        (default: the threshold in use)."""
+        model = self._trained_model()
+        check_features(features, "features", dim=model.feature_dim)
+        table = self._table(features, knn)
+        threshold = self.tau if min_prob is None else min_prob
+        return link_probabilities(model, features, table, self.config, model_device(model), threshold)
+
+    def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
+        """Cluster ids int64 [N] of unlabelled ``features``; sets ``confidence_`` (mean link
+        probability inside the sample's cluster)."""
+        cfg = self.config
+        src, dst, prob = self.predict_links(features, knn)
+        labels = partition_links(
+            len(features), src, dst, prob, method=cfg.partition, tau=self.tau,
+            max_size=cfg.max_cluster_size, min_size=cfg.min_cluster_size, seed=cfg.seed,
+        )
+        self.confidence_ = link_confidence(labels, src, dst, prob)
+        return labels
+
+    def _table(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
+        """Neighbour table [N, max(hop1, hop2) + 1] from ``knn``, built here when absent or too short."""
+        cfg = self.config
+        count = max(cfg.hop1, cfg.hop2)
+        wanted = min(count + 1, len(features))
+        if knn is not None and knn.n != len(features):
+            raise DataError("knn", f"graph has {knn.n} rows but there are {len(features)} feature rows")
+        if knn is None or knn.k < wanted:
+            if knn is not None:
+                log.info("facet: kNN graph has k=%d < hop1 + 1 = %d; building a deeper one", knn.k, wanted)
+            knn = build_knn(features, wanted, device=cfg.device)
+        return neighbour_table(knn.nbrs, count)
+
+    def _trained_model(self) -> FaceTModel:
+        if self.model is None:
+            raise ConfigError("facet: the model is not trained; call fit() or FaceT.load() first")
+        return self.model
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the trained model (weights, config, tuned tau, history) atomically as ``.pt``."""
+        model = self._trained_model()
+        payload = {
+            "format": MODEL_FORMAT, "config": self.config.to_dict(), "feature_dim": model.feature_dim,
+            "state_dict": model.state_dict(), "tau": self.tau_, "tau_table": self.tau_table_,
+            "history": self.history_,
+        }
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> FaceT:
+        """Load a model written by ``save``; ``device`` overrides the saved one."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "FaceT model file not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a corrupt or foreign file
+            raise DataError(path, f"not a readable FaceT model ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+            raise DataError(path, "not a FaceT model file (format tag missing)")
+        config = dict(payload["config"])
+        if device is not None:
+            config["device"] = device
+        method = cls(**config)
+        method.model = FaceTModel(payload["feature_dim"], method.config)
+        method.model.load_state_dict(payload["state_dict"])
+        method.model.to(resolve_device(method.config.device)).eval()
+        method.tau_, method.tau_table_, method.history_ = payload["tau"], payload["tau_table"], payload["history"]
+        return method
+
+
+# make_method checks parameters against the signature: expose every config field by name.
+FaceT.__signature__ = inspect.Signature(
+    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default="paper")]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in dataclasses.fields(FaceTConfig)]
+)
+
+
+class _Validator:
+    """Clusters the held-out labelled slice at every tau of the grid; reports the best."""
+
+    def __init__(self, method: FaceT, features: np.ndarray, labels: np.ndarray, table: np.ndarray) -> None:
+        self.method, self.features, self.labels, self.neighbours = method, features, labels, table
+        self.best_tau: float = DEFAULT_TAU
+        self.table: list[dict] = []
+
+    def __call__(self, model: FaceTModel) -> dict:
+        from clustering.evaluate import sweep_threshold
+
+        cfg = self.method.config
+        taus = [cfg.tau] if cfg.tau is not None else list(cfg.tau_grid)
+        src, dst, prob = link_probabilities(model, self.features, self.neighbours, cfg, model_device(model), min(taus))
+        frame, best_tau = sweep_threshold(self.labels, len(self.labels), src, dst, prob, taus, partition=cfg.partition)
+        self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
+        best = next(row for row in self.table if row["tau"] == best_tau)
+        return {"val_tau": self.best_tau, "pairwise_f": float(best["pairwise_f"]), "bcubed_f": float(best["bcubed_f"])}
+
+
+def split_by_identity(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation): a random ``fraction`` of identities goes to validation.
+
+    No validation rows when ``fraction`` is 0 or there are fewer than 2 identities.
+    """
+    identities = np.unique(labels)
+    n_val = int(round(fraction * len(identities)))
+    if fraction <= 0 or len(identities) < 2:
+        n_val = 0
+    n_val = min(max(n_val, 1 if fraction > 0 else 0), len(identities) - 1)
+    held_out = np.random.default_rng(seed).choice(identities, size=n_val, replace=False)
+    is_val = np.isin(labels, held_out)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _checked_labelled(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    check_features(features, "labelled features")
+    labels = np.asarray(labels)
+    if labels.shape != (len(features),):
+        raise DataError("labels", f"expected {len(features)} labels (one per feature row), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise DataError("labels", "training labels must be non-negative integers (no -1 = unlabelled rows)")
+    if len(np.unique(labels)) == len(labels):
+        raise DataError("labels", "every identity has a single sample: there are no positive links to learn")
+    return np.asarray(features, dtype=np.float32), labels.astype(np.int64)
+
+
+def _fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(features).tobytes())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""FaceT network: Relation Encoder (node enhancement) and Linkage Predictor (edge classification).
+
+Built from ``torch.nn.TransformerEncoderLayer`` (post-norm: residual, dropout, LayerNorm,
+feed-forward, as the paper's eq. 4 and 7) and ``torch.nn.MultiheadAttention``.
+Padded sequence positions (a node with fewer neighbours) are masked out of every attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clustering.facet.config import FaceTConfig
+
+
+def _self_attention_stack(cfg: FaceTConfig) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=cfg.model_dim, nhead=cfg.heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
+        batch_first=True,
+    )
+    return nn.TransformerEncoder(layer, num_layers=cfg.depth, enable_nested_tensor=False)
+
+
+class RelationEncoder(nn.Module):
+    """Section 3.3: d_e self-attention layers over the hop2 context, then attention from the node.
+
+    g_q = LayerNorm(f_q + dropout(Attention(f_q, context, context))).
+    """
+
+    def __init__(self, cfg: FaceTConfig) -> None:
+        super().__init__()
+        self.context_layers = _self_attention_stack(cfg)
+        self.attend = nn.MultiheadAttention(cfg.model_dim, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.model_dim)
+
+    def forward(self, node: Tensor, context: Tensor, context_pad: Tensor) -> Tensor:
+        """node [M, d], context [M, C, d], context_pad bool [M, C] (True = padding) -> g [M, d]."""
+        context = self.context_layers(context, src_key_padding_mask=context_pad)
+        attended, _ = self.attend(node[:, None], context, context, key_padding_mask=context_pad, need_weights=False)
+        return self.norm(node + self.dropout(attended[:, 0]))
+
+
+class LinkagePredictor(nn.Module):
+    """Section 3.4: d_e self-attention layers over the node's neighbour sequence, then a PReLU MLP
+    on e_qk = cat(g_q, g_qk) (+ g_q * g_qk with ``edge_embedding="concat_product"``) giving two
+    logits (different, same identity)."""
+
+    def __init__(self, cfg: FaceTConfig) -> None:
+        super().__init__()
+        self.sequence_layers = _self_attention_stack(cfg)
+        d = cfg.model_dim
+        self.with_product = cfg.edge_embedding == "concat_product"
+        width = (3 if self.with_product else 2) * d
+        self.classifier = nn.Sequential(nn.Linear(width, d), nn.PReLU(), nn.Linear(d, 2))
+
+    def forward(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor) -> Tensor:
+        """pivot [B, d], sequence [B, L, d], sequence_pad bool [B, L] -> logits [B, L, 2]."""
+        sequence = self.sequence_layers(sequence, src_key_padding_mask=sequence_pad)
+        pivot = pivot[:, None].expand_as(sequence)
+        parts = [pivot, sequence, pivot * sequence] if self.with_product else [pivot, sequence]
+        edges = torch.cat(parts, dim=-1)
+        return self.classifier(edges)
+
+
+class FaceTModel(nn.Module):
+    """The whole network for one variant: ``full``, ``only_re`` or ``only_lp``.
+
+    Features of dimension ``feature_dim`` are linearly projected to heads x head_dim when the two
+    differ (identity otherwise, as in the paper where both are 256).
+    """
+
+    def __init__(self, feature_dim: int, cfg: FaceTConfig) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        d = cfg.model_dim
+        self.project = nn.Identity() if feature_dim == d else nn.Linear(feature_dim, d)
+        self.encoder = None if cfg.variant == "only_lp" else RelationEncoder(cfg)
+        # only_lp: raw features reach the LP at the scale RE output has (LayerNorm), so that the
+        # pivot half of e_qk is not ~sqrt(d) times smaller than the self-attended half.
+        self.raw_norm = nn.LayerNorm(d) if self.encoder is None else None
+        self.predictor = None if cfg.variant == "only_re" else LinkagePredictor(cfg)
+        self.model_dim = d
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether ``enhance`` reads the hop2 context (False for only_lp)."""
+        return self.encoder is not None
+
+    def enhance(self, node: Tensor, context: Tensor | None = None, context_pad: Tensor | None = None) -> Tensor:
+        """Raw features node [M, D] (+ context [M, C, D]) -> enhanced g [M, d]."""
+        projected = self.project(node)
+        if self.raw_norm is not None:
+            return self.raw_norm(projected)
+        if context is None or context_pad is None:
+            raise ValueError("the Relation Encoder needs the hop2 context of every node")
+        return self.encoder(projected, self.project(context), context_pad)
+
+    def link_log_probs(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor) -> Tensor:
+        """Log-probabilities [B, L, 2] (index 1 = same identity) of the links pivot -> sequence[j]."""
+        if self.predictor is not None:
+            return F.log_softmax(self.predictor(pivot, sequence, sequence_pad).float(), dim=-1)
+        # only_re, eq. 11-12: e = 0.25 ||N(g_q) - N(g_k)||^2 in [0, 1]; P(same) = 1 - e.
+        distance = 0.25 * (F.normalize(pivot.float(), dim=-1)[:, None] - F.normalize(sequence.float(), dim=-1)).pow(2).sum(-1)
+        same = (1.0 - distance).clamp(1e-6, 1.0 - 1e-6)
+        return torch.stack([torch.log1p(-same), torch.log(same)], dim=-1)

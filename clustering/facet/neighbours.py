@@ -1,0 +1,65 @@
+"""Neighbour tables and the gathering of one batch of FaceT inputs from them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clustering.facet.model import FaceTModel
+
+if TYPE_CHECKING:
+    from clustering.facet.infer import RowStore
+
+
+def neighbour_table(nbrs: np.ndarray, count: int) -> np.ndarray:
+    """Rows ``[self, first `count` other neighbours]`` int64 [N, count + 1], -1 where a row runs out.
+
+    Robust to kNN rows where the node is not first (duplicate features) or is missing, and to
+    -1 entries (faiss pads rows it could not fill).
+    """
+    nbrs = np.asarray(nbrs, dtype=np.int64)
+    n = nbrs.shape[0]
+    own = np.arange(n, dtype=np.int64)[:, None]
+    keep = (nbrs >= 0) & (nbrs != own)
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, in kNN order
+    others = np.take_along_axis(nbrs, order, axis=1)
+    others[~np.take_along_axis(keep, order, axis=1)] = -1
+    if others.shape[1] < count:
+        others = np.pad(others, ((0, 0), (0, count - others.shape[1])), constant_values=-1)
+    return np.concatenate([own, others[:, :count]], axis=1)
+
+
+def enhance_nodes(model: FaceTModel, features: Tensor | RowStore, table: Tensor, nodes: Tensor, hop2: int) -> Tensor:
+    """Enhanced features g [M, d] of ``nodes`` [M] from their raw features and hop2 context.
+
+    ``features`` is anything indexable by an id tensor (a tensor or an ``infer.RowStore``); rows
+    are L2-normalised here, so inputs need not be.
+    """
+    own = F.normalize(features[nodes], dim=-1)
+    if not model.uses_context:
+        return model.enhance(own)
+    context_ids = table[nodes, : hop2 + 1]
+    pad = context_ids < 0
+    return model.enhance(own, F.normalize(features[context_ids.clamp(min=0)], dim=-1), pad)
+
+
+def gather_sequences(
+    pivots: Tensor, table: Tensor, hop1: int, enhanced: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LP inputs of ``pivots`` [B]: (ids [B, L], enhanced sequence [B, L, d], pad mask [B, L]).
+
+    Position 0 is the pivot itself; ``enhanced(unique_ids)`` returns g for sorted unique node ids,
+    so each node is enhanced once per batch however many sequences it appears in.
+    """
+    ids = table[pivots, : hop1 + 1]
+    pad = ids < 0
+    nodes, inverse = torch.unique(ids[~pad], return_inverse=True)
+    g_nodes = enhanced(nodes)
+    sequence = g_nodes.new_zeros((*ids.shape, g_nodes.shape[-1]))
+    sequence[~pad] = g_nodes[inverse]
+    return ids, sequence, pad

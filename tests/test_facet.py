@@ -1,0 +1,218 @@
+"""FaceT: neighbour tables, shapes and masking, training, checkpoint resume, save/load, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clustering.base import make_method
+from clustering.facet import FaceT, FaceTConfig, FaceTModel, split_by_identity
+from clustering.facet.neighbours import enhance_nodes, gather_sequences, neighbour_table
+from clustering.facet.train import TrainData, candidate_links, train_model
+from clustering.knn import build_knn
+from semiface.errors import ConfigError, DataError
+
+TINY = dict(hop1=8, hop2=3, heads=2, head_dim=8, ff_dim=32, dropout=0.1, batch_size=16, warmup_steps=5, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are tiny: one intra-op thread is faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blobs(identities: int, per: int, dim: int = 32, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm features around random identity centres, and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities, dim))
+    labels = np.repeat(np.arange(identities), per)
+    features = centres[labels] + noise * rng.normal(size=(len(labels), dim))
+    return (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def train_data(features: np.ndarray, labels: np.ndarray, cfg: FaceTConfig) -> TrainData:
+    knn = build_knn(features, cfg.hop1 + 1, device="cpu")
+    table = neighbour_table(knn.nbrs, max(cfg.hop1, cfg.hop2))
+    return TrainData(torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(table))
+
+
+def mean_loss(model: FaceTModel, cfg: FaceTConfig, data: TrainData) -> float:
+    """Plain cross-entropy over every candidate link, in eval mode."""
+    model.eval()
+    pivots = torch.arange(len(data.labels))
+    with torch.no_grad():
+        ids, seq, pad = gather_sequences(
+            pivots, data.table, cfg.hop1, lambda nodes: enhance_nodes(model, data.features, data.table, nodes, cfg.hop2)
+        )
+        log_probs = model.link_log_probs(seq[:, 0], seq, pad)
+    candidates, target = candidate_links(ids, pad, data.labels, pivots)
+    return float(torch.nn.functional.nll_loss(log_probs[candidates], target[candidates]))
+
+
+def test_neighbour_table_puts_self_first_drops_repeats_and_pads() -> None:
+    nbrs = np.array([[1, 0, 2], [1, 2, -1], [2, 2, 0]])  # row 0: self not first; row 1: a -1; row 2: self twice
+    table = neighbour_table(nbrs, 3)
+    np.testing.assert_array_equal(table, [[0, 1, 2, -1], [1, 2, -1, -1], [2, 0, -1, -1]])
+    np.testing.assert_array_equal(neighbour_table(nbrs, 1), [[0, 1], [1, 2], [2, 0]])
+
+
+@pytest.mark.parametrize("variant", ["full", "only_re", "only_lp"])
+def test_shapes_and_padding_is_masked(variant: str) -> None:
+    torch.manual_seed(0)
+    cfg = FaceTConfig.demo(**TINY, variant=variant)
+    model = FaceTModel(feature_dim=20, cfg=cfg).eval()
+    m, c, d = 5, 4, cfg.model_dim
+    node, context = torch.randn(m, 20), torch.randn(m, c, 20)
+    pad = torch.zeros(m, c, dtype=torch.bool)
+    pad[:, 3] = True
+    pad[0, 1:] = True  # a node with no neighbour but itself
+    g = model.enhance(node, context, pad)
+    assert g.shape == (m, d)
+    garbage = context.clone()
+    garbage[pad] = 1e3 * torch.randn(int(pad.sum()), 20)
+    torch.testing.assert_close(model.enhance(node, garbage, pad), g)
+
+    b, length = 3, 6
+    sequence = torch.randn(b, length, d)
+    seq_pad = torch.zeros(b, length, dtype=torch.bool)
+    seq_pad[1, 4:] = True
+    log_probs = model.link_log_probs(sequence[:, 0], sequence, seq_pad)
+    assert log_probs.shape == (b, length, 2)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(b, length))
+    noisy = sequence.clone()
+    noisy[seq_pad] = 1e3 * torch.randn(int(seq_pad.sum()), d)
+    torch.testing.assert_close(model.link_log_probs(noisy[:, 0], noisy, seq_pad)[~seq_pad], log_probs[~seq_pad])
+
+
+def test_gather_sequences_places_each_node_enhancement() -> None:
+    table = torch.tensor([[0, 2, 1], [1, 0, -1], [2, 1, 0]])
+    ids, sequence, pad = gather_sequences(torch.tensor([1, 2]), table, 2, lambda nodes: nodes[:, None].float() * 10)
+    np.testing.assert_array_equal(ids, [[1, 0, -1], [2, 1, 0]])
+    np.testing.assert_array_equal(pad, [[False, False, True], [False, False, False]])
+    np.testing.assert_array_equal(sequence[..., 0], [[10, 0, 0], [20, 10, 0]])
+
+
+@pytest.mark.parametrize(
+    ("variant", "weighting", "edge_embedding"),
+    [("full", "balanced", "concat"), ("full", "weighted", "concat_product"), ("only_re", "weighted", "concat"),
+     ("only_lp", "none", "concat_product")],
+)
+def test_a_few_training_steps_lower_the_loss(variant: str, weighting: str, edge_embedding: str) -> None:
+    features, labels = blobs(40, 6)
+    cfg = FaceTConfig.demo(
+        **{**TINY, "warmup_steps": 0}, epochs=5, lr=0.01, variant=variant, loss_weighting=weighting,
+        edge_embedding=edge_embedding,
+    )
+    torch.manual_seed(0)
+    model = FaceTModel(features.shape[1], cfg)
+    data = train_data(features, labels, cfg)
+    before = mean_loss(model, cfg, data)
+    history = train_model(model, cfg, data)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert mean_loss(model, cfg, data) < 0.9 * before
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path) -> None:
+    features, labels = blobs(20, 5)
+    cfg = FaceTConfig.demo(**TINY, epochs=2)
+    data = train_data(features, labels, cfg)
+
+    def score(model: FaceTModel) -> dict:
+        value = -mean_loss(model, cfg, data)
+        return {"pairwise_f": value, "bcubed_f": value}
+
+    def fresh() -> FaceTModel:
+        torch.manual_seed(1)
+        return FaceTModel(features.shape[1], cfg)
+
+    straight = fresh()
+    train_model(straight, cfg, data, validate=score, checkpoint=tmp_path / "a.pt", fingerprint="x")
+
+    calls = []
+
+    def crash_in_epoch_two(model: FaceTModel) -> dict:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return score(model)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_model(fresh(), cfg, data, validate=crash_in_epoch_two, checkpoint=tmp_path / "b.pt", fingerprint="x")
+    resumed = fresh()
+    history = train_model(resumed, cfg, data, validate=score, checkpoint=tmp_path / "b.pt", fingerprint="x")
+    assert [row["epoch"] for row in history] == [1, 2]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+    with pytest.raises(ConfigError, match="other settings .*hop1"):
+        train_model(fresh(), cfg.replace(hop1=9), data, checkpoint=tmp_path / "b.pt", fingerprint="x")
+    with pytest.raises(ConfigError, match="other labelled data"):
+        train_model(fresh(), cfg, data, checkpoint=tmp_path / "b.pt", fingerprint="y")
+
+
+def test_saved_and_loaded_model_predicts_identically(tmp_path) -> None:
+    features, labels = blobs(30, 6)
+    method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0).fit(features, labels)
+    test_features, _ = blobs(15, 6, seed=1)
+    knn = build_knn(test_features, 9, device="cpu")
+    predicted = method.fit_predict(test_features, knn)
+    assert predicted.dtype == np.int64 and predicted.shape == (len(test_features),)
+    assert method.confidence_.shape == (len(test_features),)
+
+    loaded = FaceT.load(method.save(tmp_path / "facet.pt"))
+    np.testing.assert_array_equal(loaded.fit_predict(test_features, knn), predicted)
+    np.testing.assert_array_equal(loaded.confidence_, method.confidence_)
+    for a, b in zip(method.predict_links(test_features, knn, 0.0), loaded.predict_links(test_features, knn, 0.0), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_registry_parameters_and_presets() -> None:
+    method = make_method("facet+infomap", preset="demo", hop1=12)
+    assert isinstance(method, FaceT)
+    assert (method.config.partition, method.config.hop1, method.config.heads) == ("infomap", 12, 2)
+    paper = make_method("facet").config
+    assert (paper.hop1, paper.hop2, paper.depth, paper.heads, paper.head_dim, paper.dropout) == (150, 5, 2, 4, 64, 0.4)
+    assert (paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_steps) == (32, 0.002, 5e-4, 500)
+    with pytest.raises(ConfigError, match="unknown parameter.*bogus"):
+        make_method("facet", bogus=1)
+    with pytest.raises(ConfigError, match="variant"):
+        make_method("facet", variant="only_gcn")
+    with pytest.raises(ConfigError, match="preset"):
+        make_method("facet", preset="huge")
+
+
+def test_split_by_identity_keeps_identities_whole() -> None:
+    labels = np.repeat(np.arange(10), 3)
+    train, val = split_by_identity(labels, 0.2, seed=0)
+    assert len(np.unique(labels[val])) == 2 and not set(labels[train]) & set(labels[val])
+    assert sorted(np.concatenate([train, val])) == list(range(30))
+    assert len(split_by_identity(labels, 0.0, seed=0)[1]) == 0
+
+
+def test_bad_input_is_refused_with_clear_errors(tmp_path) -> None:
+    features, labels = blobs(5, 4)
+    method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0)
+    with pytest.raises(ConfigError, match="not trained"):
+        method.fit_predict(features, None)
+    nan = features.copy()
+    nan[3, 0] = np.nan
+    with pytest.raises(DataError, match="labelled features: NaN"):
+        method.fit(nan, labels)
+    with pytest.raises(DataError, match="labels: expected 20 labels"):
+        method.fit(features, labels[:-1])
+    with pytest.raises(DataError, match="no -1"):
+        method.fit(features, np.where(labels == 0, -1, labels))
+    method.fit(features, labels)
+    with pytest.raises(DataError, match="expected 32 feature columns"):
+        method.fit_predict(features[:, :16], None)
+    with pytest.raises(DataError, match="graph has 20 rows"):
+        method.fit_predict(features[:10], build_knn(features, 5, device="cpu"))
+    with pytest.raises(DataError, match="not found"):
+        FaceT.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="junk.pt: not a readable FaceT model"):
+        FaceT.load(tmp_path / "junk.pt")
