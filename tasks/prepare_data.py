@@ -24,6 +24,12 @@ from tasks.stage_cache import StageResult, StageSpec
 SOURCES = ("demo", "folder", "recordio", "features")
 # learn-to-cluster layout: <root>/features/<part>.bin and <root>/labels/<part>.meta
 FEATURE_OPTIONS = {"labelled_part": "part0_train", "unlabelled_part": "part1_test", "dim": 256}
+# folder / RecordIO sources hold labelled identities only: they are split by identity into the four
+# roles (shares of the identities; probe identities need >= 2 images). "verify" decodes every image
+# of a folder once (corrupt files are named); "max_identities" keeps a random subset (for trials).
+SPLIT_OPTIONS = {"labelled": 0.1, "unlabelled": 0.7, "probe": 0.1, "distractor": 0.1, "max_identities": None,
+                 "verify": True}
+RECORD_FILE = "train.rec"
 
 
 def data_options_for(source: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +43,15 @@ def data_options_for(source: str, options: dict[str, Any]) -> dict[str, Any]:
     if source == "features":
         reject_unknown(options, set(FEATURE_OPTIONS), "data_options (features)")
         return {**FEATURE_OPTIONS, **options}
+    if source in ("folder", "recordio"):
+        reject_unknown(options, set(SPLIT_OPTIONS), f"data_options ({source})")
+        merged = {**SPLIT_OPTIONS, **options}
+        shares = [merged[s] for s in SPLITS]
+        if any(not isinstance(v, int | float) or v < 0 for v in shares) or merged["labelled"] <= 0 \
+                or merged["probe"] <= 0 or merged["distractor"] <= 0:
+            raise ConfigError(f"data_options ({source}): split shares {dict(zip(SPLITS, shares, strict=True))} "
+                              "must be >= 0, with labelled, probe and distractor > 0")
+        return merged
     raise ConfigError(f"data_source: {source!r} is not one of {list(SOURCES)}")
 
 
@@ -54,7 +69,17 @@ def required_inputs(source: str, data_path: str | None, options: dict[str, Any])
             for role in ("labelled", "unlabelled")
             for kind, folder, ext in (("features", "features", ".bin"), ("labels", "labels", ".meta"))
         }
+    if source == "recordio":
+        rec = root / RECORD_FILE if root.is_dir() else root
+        return {"record": rec, "index": rec.with_suffix(".idx")}
     return {"data": root}
+
+
+def check_inputs(source: str, data_path: str | None, options: dict[str, Any]) -> None:
+    """Raise DataError naming the first missing input of ``source`` (nothing is read or written)."""
+    for path in required_inputs(source, data_path, data_options_for(source, options)).values():
+        if not path.exists():
+            raise DataError(path, f"not found (data_source={source!r})")
 
 
 @task(name="prepare-data", task_run_name="prepare-data[{source}]", tags=["stage", "data"],
@@ -72,7 +97,15 @@ def prepare_data(ctx: StageContext, source: str, data_path: str | None, options:
             return _prepare_demo(folder, options)
         if source == "features":
             return _prepare_features(folder, external, options)
-        raise ConfigError(f"data_source: {source!r} is not wired yet")
+        if source == "folder":
+            from backbone.data.folder import scan_image_folder
+
+            frame = scan_image_folder(external["data"], verify=bool(options["verify"]))
+            return _prepare_split(folder, frame, options, seed, image_root=Path(external["data"]), record=None)
+        from backbone.data.recordio import record_manifest
+
+        frame = record_manifest(external["record"])
+        return _prepare_split(folder, frame, options, seed, image_root=None, record=Path(external["record"]))
 
     return execute(ctx, spec, compute, _report)
 
@@ -110,6 +143,48 @@ def _prepare_features(folder: Path, external: dict[str, str], options: dict[str,
         {"manifest": manifest_path, "features": features_path},
         _describe(read_manifest(manifest_path), image_root=None),
     )
+
+
+def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Give each identity one role by the shares in ``options`` (seeded); labelled ones get labels 0..C-1.
+
+    Probe identities are drawn among those with at least two images (a probe needs a pair).
+    """
+    counts = frame.groupby("identity")["identity"].size()
+    rng = np.random.default_rng([seed, 7])
+    names = counts.index.to_numpy()[rng.permutation(len(counts))]
+    if options.get("max_identities"):
+        names = names[: int(options["max_identities"])]
+    total = sum(float(options[s]) for s in SPLITS)
+    wanted = {s: int(round(len(names) * float(options[s]) / total)) for s in SPLITS}
+    pairable = counts.loc[names].to_numpy() >= 2
+    probe = names[pairable][: wanted["probe"]]
+    rest = names[~np.isin(names, probe)]
+    role = dict.fromkeys(probe, "probe")
+    start = 0
+    for split in ("labelled", "unlabelled", "distractor"):
+        take = rest[start : start + wanted[split]] if split != "distractor" else rest[start:]
+        role.update(dict.fromkeys(take, split))
+        start += len(take)
+    out = frame[frame["identity"].isin(role)].copy()
+    out["split"] = out["identity"].map(role)
+    labelled = sorted(n for n, r in role.items() if r == "labelled")
+    out["label"] = out["identity"].map({n: i for i, n in enumerate(labelled)}).fillna(-1).astype(np.int64)
+    missing = [s for s in ("labelled", "probe", "distractor") if not (out["split"] == s).any()]
+    if missing:
+        raise DataError("data", f"{len(names)} identities are too few to fill the split(s) {missing} "
+                                f"with shares {[options[s] for s in SPLITS]}")
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return out.sort_values("split", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+
+
+def _prepare_split(folder: Path, frame: pd.DataFrame, options: dict[str, Any], seed: int,
+                   image_root: Path | None, record: Path | None) -> tuple[dict[str, Path], dict[str, Any]]:
+    manifest_path = write_manifest(split_identities(frame, options, seed), folder / "manifest.parquet")
+    summary = _describe(read_manifest(manifest_path), image_root=image_root)
+    if record is not None:
+        summary.update(has_images=True, record_file=str(record))
+    return {"manifest": manifest_path}, summary
 
 
 def _contiguous(labels: np.ndarray) -> np.ndarray:

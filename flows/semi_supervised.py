@@ -1,0 +1,220 @@
+"""Flow ``semi-supervised``: one run of the pipeline at one r_U/L (wiring only; the work is in tasks/).
+
+prepare data -> train backbone (labelled) -> extract features -> kNN + train clusterer (labelled) ->
+sample N_U = r_U/L x N_L unlabelled rows, kNN, cluster -> merge pseudo-labels -> retrain -> extract ->
+evaluate both models. Every stage is cached under ``<run_dir>/stages`` (see tasks/stage_cache.py):
+a rerun with the same parameters skips every stage, a crashed run resumes at the stage that failed,
+and several runs sharing one ``run_dir`` (the r_U/L sweep) compute their common stages once.
+
+``labels`` picks what the retraining set holds: ``clusters`` (pseudo-labels, the method),
+``ground_truth`` (the sampled rows' true identities: the upper bound) or ``labelled_only`` (no
+unlabelled rows: the lower bound, which is the first model itself, so nothing is retrained).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from semiface.atomic import save_json
+from semiface.errors import ConfigError
+from tasks.build_knn import build_knn_task
+from tasks.cluster import cluster_task
+from tasks.common import StageContext, artifact_key, markdown_table, result_of
+from tasks.evaluate import evaluate_task
+from tasks.extract_features import extract_features_task
+from tasks.merge_pseudo_labels import merge_pseudo_labels_task
+from tasks.prepare_data import check_inputs, data_options_for
+from tasks.prepare_data import prepare_data as prepare_data_task
+from tasks.retrain import retrain_task
+from tasks.stage_cache import StageResult
+from tasks.train_backbone import TASK_OWNED, train_backbone_task
+from tasks.train_clusterer import build_method, train_clusterer_task
+
+DataSource = Literal["demo", "folder", "recordio", "features"]
+LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
+
+
+def train_settings(backbone: str, image_size: int, epochs: int, seed: int,
+                   train_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The TrainConfig fields of both trainings (validated; run-time fields are the tasks')."""
+    from backbone.train import TrainConfig
+
+    settings = {"trunk": backbone, "image_size": image_size, "epochs": epochs, "seed": seed, **(train_options or {})}
+    owned = sorted(TASK_OWNED & set(settings))
+    if owned:
+        raise ConfigError(f"train_options: {owned} are set by the flow (device, num_workers) or the stage (init)")
+    TrainConfig.from_dict(settings)  # unknown fields and bad values raise ConfigError here
+    return settings
+
+
+def validate_parameters(
+    data_source: str, data_path: str | None, data_options: dict[str, Any], method: str,
+    method_params: dict[str, Any], ratio: float, labels: str, device: str,
+    k: int, min_cluster_size: int, min_confidence: float, distractor_sizes: list[int],
+) -> None:
+    """Fail fast, before anything is written: every ConfigError / DataError names the parameter."""
+    if labels not in ("clusters", "ground_truth", "labelled_only"):
+        raise ConfigError(f"labels: {labels!r} is not one of clusters, ground_truth, labelled_only")
+    if not ratio > 0:
+        raise ConfigError(f"ratio: r_U/L must be > 0, got {ratio}")
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ConfigError(f"device: {device!r} is not one of {list(DEVICES)} (or cuda:N)")
+    if k < 2:
+        raise ConfigError(f"k: at least 2 neighbours (self + one), got {k}")
+    if min_cluster_size < 1 or not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"min_cluster_size >= 1 and 0 <= min_confidence <= 1, got {min_cluster_size}, "
+                          f"{min_confidence}")
+    if not distractor_sizes or any(int(s) < 1 for s in distractor_sizes):
+        raise ConfigError(f"distractor_sizes: positive sizes needed, got {distractor_sizes}")
+    build_method(method, method_params, device)  # unknown method or parameter -> ConfigError
+    data_options_for(data_source, data_options)
+    check_inputs(data_source, data_path, data_options)
+    if data_source == "features" and labels == "labelled_only":
+        raise ConfigError("labels='labelled_only' needs images to train on; data_source='features' has none")
+
+
+@flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True)
+def semi_supervised(
+    data_source: DataSource = "demo",
+    data_path: str | None = None,
+    data_options: dict[str, Any] | None = None,
+    method: str = "facet",
+    method_params: dict[str, Any] | None = None,
+    ratio: float = 1.0,
+    labels: LabelsMode = "clusters",
+    backbone: str = "resnet50",
+    image_size: int = 112,
+    epochs: int = 20,
+    train_options: dict[str, Any] | None = None,
+    retrain_from: Literal["scratch", "first_model"] = "scratch",
+    k: int = 80,
+    min_cluster_size: int = 2,
+    min_confidence: float = 0.0,
+    distractor_sizes: list[int] | None = None,
+    extract_batch_size: int = 256,
+    device: str = "auto",
+    num_workers: int = 4,
+    run_dir: str = "runs/semi-supervised",
+    seed: int = 0,
+    label: str = "run",
+) -> dict[str, Any]:
+    """One semi-supervised run; returns a small JSON-able summary (also written to <run_dir>/<label>.json).
+
+    ``data_path``: the image folder (``folder``), the folder holding ``train.rec``/``train.idx``
+    (``recordio``) or the learn-to-cluster root (``features``); unused for ``demo``.
+    ``data_options``: DemoConfig fields (demo), split shares (folder / recordio), part names (features).
+    ``train_options``: further TrainConfig fields (batch_size, lr, margin...), for both trainings.
+    """
+    logger = get_run_logger()
+    data_options = dict(data_options or {})
+    if data_source == "demo":
+        data_options.setdefault("image_size", image_size)
+        data_options.setdefault("seed", seed)
+    method_params = dict(method_params or {})
+    sizes = [int(s) for s in (distractor_sizes or DEFAULT_SIZES)]
+    has_images = data_source != "features"
+    train = train_settings(backbone, image_size, epochs, seed, train_options) if has_images else None
+    validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
+                        k, min_cluster_size, min_confidence, sizes)
+
+    root = Path(run_dir)
+    ctx = StageContext(cache_root=str(root / "stages"), label=label, device=device, num_workers=num_workers)
+    logger.info("run %s: %s data, method %s, r_U/L=%g, labels=%s, stages cached in %s",
+                label, data_source, method, ratio, labels, ctx.cache_root)
+
+    data = result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed)
+    first_model = features = first_eval = None
+    if has_images:
+        first_model = result_of(train_backbone_task, ctx, data, train)
+        features = result_of(extract_features_task, ctx, data, first_model, extract_batch_size)
+        first_eval = result_of(evaluate_task, ctx, data, features, "first-model", sizes, seed)
+    else:
+        features = data  # the features source carries its own features.npy
+
+    clusters = sample = None
+    if labels == "labelled_only":
+        merged = result_of(merge_pseudo_labels_task, ctx, data, "lower_bound")
+    else:
+        sample = result_of(build_knn_task, ctx, data, features, "unlabelled", k, ratio, seed)
+        if labels == "ground_truth":
+            merged = result_of(merge_pseudo_labels_task, ctx, data, "upper_bound", sample)
+        else:
+            knn_labelled = result_of(build_knn_task, ctx, data, features, "labelled", k, None, seed)
+            trained = result_of(train_clusterer_task, ctx, data, features, knn_labelled, method, method_params)
+            clusters = result_of(cluster_task, ctx, data, features, sample, trained, method, method_params)
+            merged = result_of(merge_pseudo_labels_task, ctx, data, "pseudo", sample, clusters,
+                               min_cluster_size, min_confidence)
+
+    final_eval = first_eval
+    if has_images and labels != "labelled_only":
+        init = first_model if retrain_from == "first_model" else None
+        retrained = result_of(retrain_task, ctx, data, merged, train, init)
+        new_features = result_of(extract_features_task, ctx, data, retrained, extract_batch_size)
+        final_eval = result_of(evaluate_task, ctx, data, new_features, "retrained", sizes, seed)
+
+    summary = run_summary(label, ratio, labels, method, sample, clusters, merged, first_eval, final_eval)
+    publish_verdict(ctx, summary)
+    save_json(root / f"{label}.json", summary)
+    return summary
+
+
+def run_summary(label: str, ratio: float, labels: str, method: str, sample: StageResult | None,
+                clusters: StageResult | None, merged: StageResult, first_eval: StageResult | None,
+                final_eval: StageResult | None) -> dict[str, Any]:
+    """The numbers a run is judged by (small, JSON-able)."""
+    m = merged.summary
+    metrics = (clusters.summary.get("metrics") or {}) if clusters else {}
+    effective = sample.summary["sample"]["effective_ratio"] if sample else 0.0
+    summary: dict[str, Any] = {
+        "label": label, "labels": labels, "method": method if labels == "clusters" else None,
+        "ratio": ratio, "effective_ratio": effective,
+        "n_labelled": m["n_labelled"], "n_sampled": m.get("n_sampled", 0), "n_kept": m["n_kept"],
+        "n_pseudo_classes": m.get("n_pseudo_classes", 0), "purity": m.get("purity"),
+        "pairwise_f": metrics.get("pairwise_f"), "bcubed_f": metrics.get("bcubed_f"), "nmi": metrics.get("nmi"),
+        "retrain_manifest": str(merged.path("manifest")),
+    }
+    for name, result in (("before", first_eval), ("after", final_eval)):
+        if result is not None:
+            summary[f"rank1_{name}"] = result.summary["rank1"]
+            summary[f"rank1_{name}_largest"] = result.summary["rank1_at_largest"]
+            summary[f"results_{name}"] = str(result.path("results"))
+    if final_eval is not None:
+        summary["largest_distractor_size"] = final_eval.summary["largest_size"]
+    return summary
+
+
+def publish_verdict(ctx: StageContext, summary: dict[str, Any]) -> None:
+    """The run's final artifact: did retraining help, and by how much (rank-1 at every distractor size)."""
+    label = summary["label"]
+    if "rank1_before" not in summary:
+        body = (f"No identification evaluation for `{label}` (feature-only data): "
+                f"kept {summary['n_kept']} of {summary['n_sampled']} sampled images as pseudo-labels; "
+                f"retraining manifest `{summary['retrain_manifest']}`.\n")
+        create_markdown_artifact(body, key=artifact_key(label, "verdict"), description="outcome of the run")
+        return
+    before, after = summary["rank1_before"], summary["rank1_after"]
+    rows = []
+    for size, b in before.items():
+        a = after[size]
+        rows.append({"distractors": size, "rank1_before": b, "rank1_after": a, "gain_points": 100 * (a - b),
+                     "error_reduction": (a - b) / (1 - b) if b < 1 else 0.0})
+    if summary["labels"] == "labelled_only":
+        body = (f"## `{label}`: lower bound\n\nTrained on the {summary['n_labelled']} labelled images only: rank-1 "
+                f"{100 * before[list(before)[-1]]:.2f} % at the largest distractor set. Nothing retrained.\n")
+    else:
+        gain = rows[-1]["gain_points"]
+        verdict = "**Yes**" if gain > 0 else ("**No**" if gain < 0 else "**No change**")
+        what = "ground-truth labels (upper bound)" if summary["labels"] == "ground_truth" else "pseudo-labels"
+        body = (f"## Did retraining help? {verdict}: {gain:+.2f} points of rank-1 at {rows[-1]['distractors']} "
+                f"distractors ({100 * rows[-1]['rank1_before']:.2f} % -> {100 * rows[-1]['rank1_after']:.2f} %)\n\n"
+                f"`{label}`: retrained on {summary['n_labelled']} labelled + {summary['n_kept']} images with {what} "
+                f"(r_U/L = {summary['ratio']:g}, reached {summary['effective_ratio']:g}).\n\n")
+        body += markdown_table(rows)
+    create_markdown_artifact(body, key=artifact_key(label, "verdict"), description="did retraining help")
+    create_table_artifact(rows, key=artifact_key(label, "identification"), description="rank-1 before / after")
