@@ -158,13 +158,13 @@ def semi_supervised(
         new_features = result_of(extract_features_task, ctx, data, retrained, extract_batch_size)
         final_eval = result_of(evaluate_task, ctx, data, new_features, "retrained", sizes, seed)
 
-    summary = run_summary(label, ratio, labels, method, sample, clusters, merged, first_eval, final_eval)
+    summary = run_summary(label, ratio, labels, method, data, sample, clusters, merged, first_eval, final_eval)
     publish_verdict(ctx, summary)
     save_json(root / f"{label}.json", summary)
     return summary
 
 
-def run_summary(label: str, ratio: float, labels: str, method: str, sample: StageResult | None,
+def run_summary(label: str, ratio: float, labels: str, method: str, data: StageResult, sample: StageResult | None,
                 clusters: StageResult | None, merged: StageResult, first_eval: StageResult | None,
                 final_eval: StageResult | None) -> dict[str, Any]:
     """The numbers a run is judged by (small, JSON-able)."""
@@ -174,7 +174,8 @@ def run_summary(label: str, ratio: float, labels: str, method: str, sample: Stag
     summary: dict[str, Any] = {
         "label": label, "labels": labels, "method": method if labels == "clusters" else None,
         "ratio": ratio, "effective_ratio": effective,
-        "n_labelled": m["n_labelled"], "n_sampled": m.get("n_sampled", 0), "n_kept": m["n_kept"],
+        "n_labelled": m["n_labelled"], "n_unlabelled_pool": data.summary["images"]["unlabelled"],
+        "n_sampled": m.get("n_sampled", 0), "n_kept": m["n_kept"],
         "n_pseudo_classes": m.get("n_pseudo_classes", 0), "purity": m.get("purity"),
         "pairwise_f": metrics.get("pairwise_f"), "bcubed_f": metrics.get("bcubed_f"), "nmi": metrics.get("nmi"),
         "retrain_manifest": str(merged.path("manifest")),

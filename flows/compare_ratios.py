@@ -1,0 +1,149 @@
+"""Flow ``compare-ratios``: ``semi-supervised`` at several r_U/L plus the lower and upper bounds; one table, one plot.
+
+All runs share one ``run_dir``, hence one stage cache: the data, the first model, its features and
+the trained clusterer are computed once (by the lower-bound run, which goes first) and reused.
+The other runs then go in parallel: as nested flow runs in threads (``max_parallel``), or, with
+``deployment`` set (e.g. ``semi-supervised/ms1m``), as separate flow runs of that deployment that
+workers of its pool pick up (the run directory must then be on storage every worker sees).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.semi_supervised import DataSource, semi_supervised
+from semiface.atomic import atomic_open, save_json, save_parquet
+from semiface.errors import ConfigError
+from tasks.common import markdown_table, png_markdown
+from tasks.plots import plot_ratio_sweep
+
+TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
+                 "rank1", "gain_vs_lower")
+
+
+def cap_ratios(ratios: list[float], n_labelled: int, n_unlabelled: int) -> tuple[list[float], float]:
+    """Ratios sorted, those beyond the pool replaced by the largest reachable one, duplicates dropped."""
+    if not ratios or any(not r > 0 for r in ratios):
+        raise ConfigError(f"ratios: positive r_U/L values needed, got {ratios}")
+    largest = n_unlabelled / n_labelled
+    capped = sorted({min(float(r), round(largest, 4)) for r in ratios})
+    return capped, largest
+
+
+@task(name="run-semi-supervised", task_run_name="run-semi-supervised[{label}]", tags=["sweep"])
+def run_child(label: str, parameters: dict[str, Any], deployment: str | None) -> dict[str, Any]:
+    """One run of the sweep: a nested flow run here, or a flow run of ``deployment`` on a work pool."""
+    if deployment is None:
+        return semi_supervised(**parameters, label=label)
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters={**parameters, "label": label}, timeout=None)
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"{deployment} run {run.name} for {label} ended {run.state}")
+    return run.state.result()
+
+
+@flow(name="compare-ratios", log_prints=True)
+def compare_ratios(
+    ratios: list[float] | None = None,
+    include_bounds: bool = True,
+    max_parallel: int = 1,
+    deployment: str | None = None,
+    data_source: DataSource = "demo",
+    data_path: str | None = None,
+    data_options: dict[str, Any] | None = None,
+    method: str = "facet",
+    method_params: dict[str, Any] | None = None,
+    backbone: str = "resnet50",
+    image_size: int = 112,
+    epochs: int = 20,
+    train_options: dict[str, Any] | None = None,
+    retrain_from: Literal["scratch", "first_model"] = "scratch",
+    k: int = 80,
+    min_cluster_size: int = 2,
+    min_confidence: float = 0.0,
+    distractor_sizes: list[int] | None = None,
+    extract_batch_size: int = 256,
+    device: str = "auto",
+    num_workers: int = 4,
+    run_dir: str = "runs/compare-ratios",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Rank-1 at the largest distractor set vs r_U/L (default 1, 3, 5, capped by the data) with both bounds."""
+    logger = get_run_logger()
+    if max_parallel < 1:
+        raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
+    common = dict(
+        data_source=data_source, data_path=data_path, data_options=data_options, method=method,
+        method_params=method_params, backbone=backbone, image_size=image_size, epochs=epochs,
+        train_options=train_options, retrain_from=retrain_from, k=k, min_cluster_size=min_cluster_size,
+        min_confidence=min_confidence, distractor_sizes=distractor_sizes, extract_batch_size=extract_batch_size,
+        device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
+    )
+    wanted = list(ratios or [1.0, 3.0, 5.0])
+    if not wanted or any(not r > 0 for r in wanted):
+        raise ConfigError(f"ratios: positive r_U/L values needed, got {wanted}")
+
+    # The lower bound first: it validates the parameters and computes every shared stage once.
+    lower = run_child("lower-bound", {**common, "labels": "labelled_only"}, deployment)
+    pool = lower["n_unlabelled_pool"]
+    capped, largest = cap_ratios(wanted, lower["n_labelled"], pool)
+    if capped != sorted(float(r) for r in wanted):
+        logger.warning("r_U/L %s capped by the data (%d labelled, %d unlabelled images: at most %.2f): running %s",
+                       wanted, lower["n_labelled"], pool, largest, capped)
+    plan = [(f"ratio-{r:g}", {**common, "ratio": r, "labels": "clusters"}) for r in capped]
+    if include_bounds:
+        plan.append(("upper-bound", {**common, "ratio": capped[-1], "labels": "ground_truth"}))
+    results: dict[str, dict[str, Any]] = {"lower-bound": lower} if include_bounds else {}
+    for start in range(0, len(plan), max_parallel):
+        batch = plan[start : start + max_parallel]
+        futures = [run_child.submit(label, params, deployment) for label, params in batch]
+        results.update({label: future.result() for (label, _), future in zip(batch, futures, strict=True)})
+
+    return publish_comparison(Path(run_dir) / "compare", results, lower)
+
+
+def comparison_rows(results: dict[str, dict[str, Any]], lower: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run, in the order lower bound, ratios ascending, upper bound."""
+    base = lower["rank1_before_largest"]
+    rows = []
+    for label, s in results.items():
+        rank1 = s.get("rank1_after_largest", s.get("rank1_before_largest"))
+        rows.append({
+            "run": label, "r_U/L": s["ratio"] if s["labels"] != "labelled_only" else 0.0,
+            "reached": s["effective_ratio"], "kept": s["n_kept"], "pseudo_classes": s["n_pseudo_classes"],
+            "purity": s["purity"], "pairwise_f": s["pairwise_f"], "bcubed_f": s["bcubed_f"], "nmi": s["nmi"],
+            "rank1": rank1, "gain_vs_lower": None if rank1 is None else 100 * (rank1 - base),
+        })
+    order = {"lower-bound": (0, 0.0), "upper-bound": (2, 0.0)}
+    return sorted(rows, key=lambda r: order.get(r["run"], (1, r["r_U/L"])))
+
+
+def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower: dict[str, Any]) -> dict[str, Any]:
+    """Table (parquet, markdown, artifact) and plot (PNG, embedded in a markdown artifact)."""
+    rows = comparison_rows(results, lower)
+    sweep = [r for r in rows if r["run"].startswith("ratio-")]
+    upper = next((r for r in rows if r["run"] == "upper-bound"), None)
+    size = lower["largest_distractor_size"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_ratio_sweep([r["r_U/L"] for r in sweep], [r["rank1"] for r in sweep], lower["rank1_before_largest"],
+                            upper["rank1"] if upper else None, out_dir / "rank1_vs_ratio.png", size,
+                            upper["r_U/L"] if upper else None)
+    save_parquet(out_dir / "comparison.parquet", pd.DataFrame(rows, columns=list(TABLE_COLUMNS)))
+    table_md = markdown_table(rows)
+    with atomic_open(out_dir / "comparison.md", "w", encoding="utf-8") as handle:
+        handle.write(f"rank-1 at {size} distractors; gain in points vs the lower bound\n\n" + table_md)
+    summary = {"rows": rows, "table": str(out_dir / "comparison.md"), "plot": str(plot),
+               "largest_distractor_size": size, "runs": results}
+    save_json(out_dir / "comparison.json", summary)
+    create_table_artifact(rows, key="compare-ratios-table", description=f"rank-1 at {size} distractors vs r_U/L")
+    create_markdown_artifact(
+        f"## r_U/L sweep: rank-1 at {size} distractors\n\n" + table_md + "\n" + png_markdown(plot, "rank-1 vs r_U/L"),
+        key="compare-ratios-summary", description="r_U/L sweep with lower and upper bounds")
+    return summary
+
