@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from backbone.data import CorruptImagesError, ManifestImageDataset, scan_image_folder
 from backbone.data.images import decode_image, image_format, read_image, resize_square
@@ -231,19 +230,6 @@ def test_dataset_bad_manifest_and_root(face_folder: Path):
         ManifestImageDataset(frame.drop(columns="split"), face_folder)
     with pytest.raises(DataError, match="image root folder not found"):
         ManifestImageDataset(frame, face_folder / "absent")
-
-
-def test_dataset_through_loader_workers_matches_in_process(face_folder: Path):
-    frame = scan_image_folder(face_folder)
-    data = ManifestImageDataset(frame, face_folder, image_size=8)
-    batches = {}
-    for workers in (0, 2):
-        loader = DataLoader(data, batch_size=4, num_workers=workers)
-        images, labels, rows = (torch.cat(parts) for parts in zip(*loader, strict=True))
-        batches[workers] = (images, labels, rows)
-    torch.testing.assert_close(batches[0][0], batches[2][0])
-    assert batches[2][1].tolist() == [0, 0, 1, 1, 1, 2]
-    assert batches[2][2].tolist() == list(range(6))
 
 
 # -- the real face folders -------------------------------------------------------------------------

@@ -305,8 +305,13 @@ def test_dataset_reads_records_like_the_folder(face_folder: Path, tmp_path: Path
         a, b = from_rec[i], from_folder[i]
         torch.testing.assert_close(a[0], b[0])
         assert a[1:] == b[1:]
-    loader = DataLoader(from_rec, batch_size=4, num_workers=2)  # the reader travels to the workers
-    assert torch.cat([labels for _, labels, _ in loader]).tolist() == manifest["label"].tolist()
+    batches = {}
+    for workers in (0, 2):  # with workers the reader is pickled and reopened in each of them
+        loader = DataLoader(from_rec, batch_size=4, num_workers=workers)
+        batches[workers] = [torch.cat(parts) for parts in zip(*loader, strict=True)]
+    torch.testing.assert_close(batches[2][0], batches[0][0])
+    assert batches[2][1].tolist() == manifest["label"].tolist()
+    assert batches[2][2].tolist() == list(range(len(manifest)))
 
 
 def test_dataset_record_file_needs_rec_index_and_a_real_file(face_folder: Path, tmp_path: Path):
