@@ -65,7 +65,7 @@ class ClusformerConfig:
     partition: str = "union_find"
     link_rule: str = "average"
     tau: float | None = None
-    taus: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(2, 20))
+    taus: tuple[float, ...] = (*(round(0.05 * i, 2) for i in range(2, 20)), 0.97, 0.98, 0.99)
     max_size: int | None = None
     min_size: int = 1
     drop_below: float | None = None
