@@ -23,11 +23,13 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix, csr_matrix
 
 from clustering.base import Clusterer, register
 from clustering.knn import KnnGraph, build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import link_confidence, partition_links
+from clustering.union_find import connected_components
 from semiface.atomic import save_json
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -178,3 +180,165 @@ class KnnUnionFind(ThresholdBaseline):
         self.confidence_ = link_confidence(out[-1], src[kept], dst[kept], sims[kept])
         return out
 
+
+
+@register("infomap")
+@dataclass(eq=False)
+class KnnInfomap(ThresholdBaseline):
+    """Infomap on the kNN graph: links to the ``k``-1 nearest neighbours with cosine > ``min_sim``.
+
+    Edge weight = cosine ** ``weight_power``; two-level Infomap, ``seed``-ed, best of ``num_trials``
+    (see ``clustering.partition.infomap_partition``). ``confidence_`` as for ``knn_uf``.
+    """
+
+    name: ClassVar[str] = "infomap"
+    threshold_field: ClassVar[str] = "min_sim"
+    grid_field: ClassVar[str] = "min_sims"
+
+    k: int = 80
+    min_sim: float | None = None
+    min_sims: tuple[float, ...] = _grid(0.3, 0.75, 0.05)
+    weight_power: float = 1.0
+    num_trials: int = 1
+    markov_time: float = 1.0
+    max_size: int | None = None
+    min_size: int = 1
+    tune_samples: int = 20_000
+    seed: int = 0
+
+    def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
+        src, dst, sims = graph.edges()
+        params = {"num_trials": self.num_trials, "weight_power": self.weight_power, "markov_time": self.markov_time}
+        out = [
+            partition_links(
+                graph.n, src, dst, sims, method="infomap", tau=floor, max_size=self.max_size,
+                min_size=self.min_size, seed=self.seed, **params,
+            )
+            for floor in thresholds
+        ]
+        kept = sims > thresholds[-1]
+        self.confidence_ = link_confidence(out[-1], src[kept], dst[kept], sims[kept])
+        return out
+
+
+def symmetric_distances(graph: KnnGraph) -> csr_matrix:
+    """The kNN graph as a symmetric sparse matrix of cosine distances (1 - cosine, >= 0), self excluded.
+
+    A pair that is a neighbour in either direction is stored in both directions; an absent pair
+    means "not a neighbour" (infinitely far), as sklearn reads a sparse precomputed matrix.
+    """
+    src, dst, sims = graph.edges()
+    rows, cols = np.concatenate([src, dst]), np.concatenate([dst, src])
+    dist = np.maximum(1.0 - np.concatenate([sims, sims]).astype(np.float64), 0.0)
+    codes, first = np.unique(rows * graph.n + cols, return_index=True)
+    return coo_matrix((dist[first], (codes // graph.n, codes % graph.n)), shape=(graph.n, graph.n)).tocsr()
+
+
+@register("dbscan")
+@dataclass(eq=False)
+class KnnDbscan(ThresholdBaseline):
+    """DBSCAN (sklearn) with cosine distance, on the kNN graph as a sparse precomputed distance matrix.
+
+    A sample with at least ``min_samples`` samples (itself included) within cosine distance ``eps``
+    among its kNN is a core sample; noise gets -1.
+    """
+
+    name: ClassVar[str] = "dbscan"
+    threshold_field: ClassVar[str] = "eps"
+    grid_field: ClassVar[str] = "eps_grid"
+
+    k: int = 80
+    eps: float | None = None
+    eps_grid: tuple[float, ...] = _grid(0.1, 0.7, 0.025)
+    min_samples: int = 4
+    tune_samples: int = 20_000
+    seed: int = 0
+
+    def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
+        from sklearn.cluster import DBSCAN
+
+        distances = symmetric_distances(graph)
+        out = []
+        for eps in thresholds:
+            labels = DBSCAN(eps=eps, min_samples=self.min_samples, metric="precomputed").fit_predict(distances)
+            out.append(np.asarray(labels, dtype=np.int64))
+        return out
+
+
+@register("hac")
+@dataclass(eq=False)
+class KnnHac(ThresholdBaseline):
+    """Agglomerative clustering (sklearn ``linkage_tree``) with cosine distance and ``linkage``,
+    merging only along kNN connectivity, cut at ``distance_threshold`` (merges below it are kept).
+
+    The tree is built once and cut at every candidate threshold while tuning. sklearn's merge
+    loop is partly Python: about 15 s for 10K samples at k=30 on one core.
+    """
+
+    name: ClassVar[str] = "hac"
+    threshold_field: ClassVar[str] = "distance_threshold"
+    grid_field: ClassVar[str] = "distance_thresholds"
+
+    k: int = 30
+    distance_threshold: float | None = None
+    distance_thresholds: tuple[float, ...] = _grid(0.2, 0.8, 0.025)
+    linkage: str = "average"
+    tune_samples: int = 20_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.linkage not in ("average", "complete", "single"):
+            raise ConfigError(f"hac: linkage must be average, complete or single (cosine distance), got {self.linkage!r}")
+        super().__post_init__()
+
+    def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
+        from sklearn.cluster import linkage_tree
+
+        n = graph.n
+        src, dst, _ = graph.edges()
+        connectivity = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
+        children, _, _, _, distances = linkage_tree(
+            features, connectivity=connectivity, linkage=self.linkage, affinity="cosine", return_distance=True
+        )
+        merged = n + np.arange(len(children))
+        out = []
+        for threshold in thresholds:
+            # the clusters at a cut are the components of the merges below it (leaves and merge
+            # nodes); components are numbered by smallest member, so the leaves' ids are 0.. contiguous
+            below = distances < threshold
+            tree_src = np.concatenate([children[below, 0], children[below, 1]])
+            tree_dst = np.concatenate([merged[below], merged[below]])
+            out.append(connected_components(n + len(children), tree_src, tree_dst)[:n])
+        return out
+
+
+@register("kmeans_oracle")
+@dataclass(eq=False)
+class KmeansOracle(Clusterer):
+    """MiniBatchKMeans on the L2-normalised features given the TRUE number of identities ``n_clusters``.
+
+    An oracle (``is_oracle``): no real clustering run knows that number; shown as a reference only.
+    """
+
+    name: ClassVar[str] = "kmeans_oracle"
+    is_oracle: ClassVar[bool] = True
+
+    n_clusters: int | None = None
+    batch_size: int = 4096
+    n_init: int = 1
+    seed: int = 0
+
+    def fit_predict(self, features: np.ndarray, knn: KnnGraph | None = None) -> np.ndarray:
+        """Cluster ids int64 [N]; the kNN graph is not used."""
+        from sklearn.cluster import MiniBatchKMeans
+
+        check_features(features, "features")
+        if self.n_clusters is None:
+            raise ConfigError("kmeans_oracle: n_clusters (the true number of identities) must be given")
+        if not 1 <= self.n_clusters <= len(features):
+            raise ConfigError(f"kmeans_oracle: n_clusters={self.n_clusters} must be between 1 and N={len(features)}")
+        kmeans = MiniBatchKMeans(
+            n_clusters=self.n_clusters, batch_size=self.batch_size, n_init=self.n_init, random_state=self.seed
+        )
+        # float64: sklearn's float32 path upcasts distance blocks one by one, about twice as slow
+        return np.asarray(kmeans.fit_predict(np.asarray(features, dtype=np.float64)), dtype=np.int64)

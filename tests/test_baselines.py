@@ -24,7 +24,7 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_baselines_are_registered():
-    assert {"knn_uf"} <= set(available_methods())
+    assert {"knn_uf", "infomap", "dbscan", "hac", "kmeans_oracle"} <= set(available_methods())
 
 
 def test_knn_uf_with_all_neighbours_is_components_of_the_thresholded_cosine_matrix(splits):
@@ -87,3 +87,64 @@ def test_bad_parameters_and_inputs(splits):
         make_method("knn_uf", tau=0.5, k=5).fit_predict(bad, None)
     with pytest.raises(DataError, match="labels"):
         make_method("knn_uf", k=5).fit(features, np.zeros(3, dtype=np.int64))
+
+
+@pytest.fixture(scope="module")
+def small(splits):
+    """300 test samples and their full kNN graph (every sample is everyone's neighbour)."""
+    features = splits.test_features[0][:300]
+    return features, splits.test_labels[0][:300], build_knn(features, len(features))
+
+
+def test_dbscan_with_all_neighbours_equals_sklearn_on_the_full_distance_matrix(small):
+    from sklearn.cluster import DBSCAN
+
+    features, _, graph = small
+    pred = make_method("dbscan", k=len(features), eps=0.45, min_samples=3).fit_predict(features, graph)
+    distances = np.clip(1.0 - features.astype(np.float64) @ features.T.astype(np.float64), 0.0, None)
+    expected = DBSCAN(eps=0.45, min_samples=3, metric="precomputed").fit_predict(distances)
+    np.testing.assert_array_equal(pred == -1, expected == -1)
+    assert _same_partition(pred[pred >= 0], expected[expected >= 0]) and (pred >= 0).any()
+
+
+def test_hac_with_all_neighbours_equals_sklearn_agglomerative(small):
+    from sklearn.cluster import AgglomerativeClustering
+
+    features, _, graph = small
+    pred = make_method("hac", k=len(features), distance_threshold=0.5).fit_predict(features, graph)
+    expected = AgglomerativeClustering(
+        n_clusters=None, distance_threshold=0.5, metric="cosine", linkage="average"
+    ).fit_predict(features)
+    assert _same_partition(pred, expected) and 1 < len(np.unique(pred)) < len(pred)
+
+
+def test_infomap_baseline_beats_knn_uf_on_benchmark_features(splits):
+    test_x, test_y = splits.test_features[0], splits.test_labels[0]
+    graph = build_knn(test_x, 20)
+    scores = {}
+    for name in ("knn_uf", "infomap"):
+        method = make_method(name, k=20).fit(splits.train_features, splits.train_labels)
+        pred = method.fit_predict(test_x, graph)
+        assert method.confidence_.shape == (len(test_x),)
+        scores[name] = evaluate_partition(test_y, pred)["pairwise_f"]
+    assert scores["infomap"] > scores["knn_uf"] + 0.05
+
+
+def test_kmeans_oracle_needs_and_uses_the_true_number_of_identities(small):
+    features, labels, _ = small
+    method = make_method("kmeans_oracle")
+    assert method.is_oracle and not method.needs_training
+    with pytest.raises(ConfigError, match="n_clusters"):
+        method.fit_predict(features, None)
+    n_true = len(np.unique(labels))
+    pred = make_method("kmeans_oracle", n_clusters=n_true).fit_predict(features, None)
+    assert len(np.unique(pred)) == n_true and evaluate_partition(labels, pred)["pairwise_f"] > 0.3
+
+
+@pytest.mark.parametrize("name", ["knn_uf", "infomap", "dbscan", "hac"])
+def test_every_threshold_baseline_tunes_saves_and_loads(tmp_path, small, name):
+    features, labels, graph = small
+    method = make_method(name, k=10).fit(features, labels, graph)
+    assert method.tau_ in getattr(method, method.grid_field) and len(method.tuning_) == len(getattr(method, method.grid_field))
+    loaded = type(method).load(method.save(tmp_path / f"{name}.json"))
+    np.testing.assert_array_equal(loaded.fit_predict(features, graph), method.fit_predict(features, graph))
