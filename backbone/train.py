@@ -61,6 +61,7 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
+TRAINING_SPLITS = ("labelled", "unlabelled")  # unlabelled rows carry a label only as pseudo-labels
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "poly")
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
@@ -184,14 +185,19 @@ class TrainingRows:
 
 
 def select_training_rows(frame: pd.DataFrame, source: str | Path, num_classes: int | None = None) -> TrainingRows:
-    """Rows with ``label >= 0``, checked: labels in range, no empty class, weights finite and >= 0."""
+    """Rows with ``label >= 0`` outside the evaluation splits, checked: labels in range, no empty class,
+    weights finite and >= 0.
+
+    Probe and distractor rows are never trained on, whatever their label: they are the evaluation set.
+    """
     labels = frame["label"].to_numpy(np.int64)
     if (labels < -1).any():
         bad = np.flatnonzero(labels < -1)[:5].tolist()
         raise DataError(source, f"column 'label': values below -1 (unlabelled) in rows {bad} (first 5 shown)")
-    keep = labels >= 0
+    keep = (labels >= 0) & frame["split"].isin(TRAINING_SPLITS).to_numpy()
     if not keep.any():
-        raise DataError(source, "no rows with label >= 0 to train on")
+        raise DataError(source, f"no rows with label >= 0 in the {' or '.join(TRAINING_SPLITS)} splits to train on")
+    labels = np.where(keep, labels, -1)
     n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if labels.max() >= n_classes:
         bad = np.flatnonzero(labels >= n_classes)[:5].tolist()
@@ -202,13 +208,14 @@ def select_training_rows(frame: pd.DataFrame, source: str | Path, num_classes: i
         raise DataError(
             source,
             f"{len(empty)} empty class(es) {empty[:10].tolist()} (first 10 shown): class ids must be "
-            f"contiguous 0..{n_classes - 1}, each with at least one image",
+            f"contiguous 0..{n_classes - 1}, each with at least one training image "
+            f"(rows of the {' or '.join(TRAINING_SPLITS)} splits)",
         )
     if "weight" in frame.columns:
         weights = frame["weight"].to_numpy(np.float32)[keep]
         if not np.isfinite(weights).all() or (weights < 0).any():
-            bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))[:5].tolist()
-            raise DataError(source, f"column 'weight': NaN, infinite or negative weights in training rows {bad}")
+            bad = np.flatnonzero(keep)[~np.isfinite(weights) | (weights < 0)][:5].tolist()
+            raise DataError(source, f"column 'weight': NaN, infinite or negative weights in rows {bad} (first 5 shown)")
         if not (weights > 0).any():
             raise DataError(source, "column 'weight': every training row has weight 0")
     else:
@@ -369,9 +376,24 @@ def _gather(obj: Any, world: Distributed) -> list[Any]:
 # Run directory
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
-    return {"train_config": config.to_dict(), "num_classes": rows.num_classes,
-            "num_images": len(rows.labels), "rows_fingerprint": rows.fingerprint()}
+    """What a run computes: config, training rows and (when not from scratch) the init checkpoint's content."""
+    init_digest = None
+    if config.init != "scratch":
+        init = Path(config.init)
+        if not init.is_file():
+            raise DataError(init, "init checkpoint not found (TrainConfig.init: a backbone checkpoint or 'scratch')")
+        init_digest = _file_digest(init)
+    return {"train_config": config.to_dict(), "num_classes": rows.num_classes, "num_images": len(rows.labels),
+            "rows_fingerprint": rows.fingerprint(), "init_sha256": init_digest}
 
 
 def _identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -380,10 +402,13 @@ def _identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list
     for key in sorted(set(old_cfg) | set(new_cfg)):
         if key not in RUNTIME_FIELDS and old_cfg.get(key) != new_cfg.get(key):
             diffs.append(f"{key}: {old_cfg.get(key)!r} there, {new_cfg.get(key)!r} now")
-    for key in ("num_classes", "num_images", "rows_fingerprint"):
+    for key in ("num_classes", "num_images"):
         if found.get(key) != wanted[key]:
-            diffs.append(f"training rows differ ({key})")
-            break
+            diffs.append(f"{key}: {found.get(key)!r} there, {wanted[key]!r} now")
+    if found.get("rows_fingerprint") != wanted["rows_fingerprint"]:
+        diffs.append("training rows differ (images, labels or weights)")
+    if found.get("init_sha256") != wanted["init_sha256"]:
+        diffs.append("init checkpoint content differs")
     return diffs
 
 
