@@ -1,18 +1,31 @@
-"""Scoring partitions: the threshold sweep the learned methods tune tau with.
+"""Scoring partitions: the threshold sweep the learned methods tune tau with, and the harness.
 
-The harness that runs every method on one feature set (and its CLI) lives here too.
+``run_harness`` fits every method on a labelled part (methods tune their thresholds on it, never
+on the part being clustered), builds the kNN graph of the part to cluster once, clusters it with
+every method and scores the result. ``main`` is its CLI (``semiface-cluster-eval``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import inspect
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from clustering.base import make_method
+from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import partition_links
+from semiface.atomic import atomic_open, save_json
 from semiface.errors import ConfigError, DataError
+from semiface.features import check_features, l2_normalize, load_features, load_meta
 
 
 def sweep_threshold(
@@ -45,3 +58,224 @@ def sweep_threshold(
     score = (table["pairwise_f"] + table["bcubed_f"]) / 2
     best = float(table["tau"].iloc[int(np.argmax(score.to_numpy()))])
     return table, best
+
+
+# Columns of the printed table: (column of run_harness's frame, header).
+TABLE_COLUMNS = (
+    ("method", "method"), ("pairwise_f", "FP"), ("bcubed_f", "FB"), ("nmi", "NMI"),
+    ("noise_ratio", "noise"), ("n_clusters", "clusters"), ("n_singletons", "singletons"),
+    ("n_unclustered", "unclustered"), ("fit_seconds", "fit s"), ("cluster_seconds", "cluster s"),
+)
+
+
+def run_harness(
+    methods: Sequence[str],
+    train_features: np.ndarray | None,
+    train_labels: np.ndarray | None,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 80,
+    *,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per method: pairwise/BCubed P/R/F, NMI, FMI, noise ratio, cluster counts, seconds.
+
+    Methods that learn (``needs_training``: FaceT, Clusformer, the threshold baselines) are fitted
+    on ``train_features``/``train_labels`` only; ``test_labels`` serve only to score. The kNN
+    graphs (``k`` neighbours, self included, capped at N) are built once per part and given to
+    every method; methods with a ``k`` parameter use ``k`` unless ``method_params`` says
+    otherwise. Oracle methods are given the true number of test identities. The frame's
+    ``attrs`` hold the kNN build seconds and sizes.
+    """
+    method_params = dict(method_params or {})
+    unknown = sorted(set(method_params) - set(methods))
+    if unknown:
+        raise ConfigError(f"run_harness: parameters given for method(s) not run: {', '.join(unknown)}")
+    test_features = _checked(test_features, test_labels, "features to cluster", "labels to score with")
+    has_train = train_features is not None
+    if has_train:
+        if train_labels is None:
+            raise DataError("train labels", "train features given without train labels")
+        train_features = _checked(train_features, train_labels, "train features", "train labels")
+        if train_features.shape[1] != test_features.shape[1]:
+            raise DataError(
+                "train features",
+                f"dimension {train_features.shape[1]} differs from the features to cluster ({test_features.shape[1]})",
+            )
+    started = time.perf_counter()
+    test_graph = build_knn(test_features, min(k, len(test_features)))
+    knn_seconds = time.perf_counter() - started
+    train_graph = build_knn(train_features, min(k, len(train_features))) if has_train else None
+
+    rows = []
+    names = list(methods)
+    if progress:
+        from tqdm import tqdm
+
+        names = tqdm(names, desc="methods", unit="method")
+    for name in names:
+        method = _build(name, dict(method_params.get(name, {})), k, test_labels)
+        fit_seconds = 0.0
+        if method.needs_training and has_train:
+            started = time.perf_counter()
+            method.fit(train_features, train_labels, train_graph)
+            fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            pred = np.asarray(method.fit_predict(test_features, test_graph), dtype=np.int64)
+        except ConfigError as exc:
+            hint = "" if has_train else " (no labelled train features were given to fit it on)"
+            raise ConfigError(f"{name}: {exc}{hint}") from exc
+        cluster_seconds = time.perf_counter() - started
+        tau = getattr(method, "tau_", None)
+        rows.append({
+            "method": name, "oracle": method.is_oracle, **evaluate_partition(test_labels, pred),
+            "tau": None if tau is None else float(tau), "fit_seconds": fit_seconds, "cluster_seconds": cluster_seconds,
+        })
+    frame = pd.DataFrame(rows)
+    frame.attrs.update({
+        "knn_seconds": knn_seconds, "k": min(k, len(test_features)), "n_test": len(test_features),
+        "n_train": len(train_features) if has_train else 0,
+    })
+    return frame
+
+
+def _checked(features: np.ndarray, labels: np.ndarray, source: str, label_source: str) -> np.ndarray:
+    """Unit-row float32 copy of ``features`` after checking them and the length of ``labels``."""
+    check_features(features, source)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(features):
+        raise DataError(label_source, f"expected {len(features)} labels (one per feature row), got shape {labels.shape}")
+    return l2_normalize(features)
+
+
+def _build(name: str, params: dict[str, Any], k: int, test_labels: np.ndarray):
+    """``make_method`` with the harness's ``k`` and, for oracles, the true number of identities filled in."""
+    probe = make_method(name, **params)
+    accepted = inspect.signature(type(probe)).parameters
+    extra: dict[str, Any] = {}
+    if "k" in accepted and "k" not in params:
+        extra["k"] = k
+    if probe.is_oracle and "n_clusters" in accepted and "n_clusters" not in params:
+        extra["n_clusters"] = len(np.unique(test_labels))
+    return make_method(name, **params, **extra) if extra else probe
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """The harness frame as an aligned text table (method, FP, FB, NMI, noise, counts, seconds)."""
+    table = frame[[c for c, _ in TABLE_COLUMNS]].rename(columns=dict(TABLE_COLUMNS))
+    table["method"] = [f"{m} (oracle)" if o else m for m, o in zip(frame["method"], frame["oracle"], strict=True)]
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: cluster features with one or more methods and print/write the scores (exit 2 on bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run_cli(args)
+    except (ConfigError, DataError) as exc:
+        print(f"semiface-cluster-eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    params = _parse_params(args.param, methods)
+    if args.benchmark is not None:
+        from clustering.benchmark_features import benchmark_splits
+
+        n_train, n_test = args.benchmark
+        splits = benchmark_splits(n_train, [n_test], seed=args.seed)
+        train_x, train_y = splits.train_features, splits.train_labels
+        test_x, test_y = splits.test_features[0], splits.test_labels[0]
+        source = f"generated benchmark features ({n_train} train / {n_test} test identities, seed {args.seed})"
+    else:
+        if args.features is None or args.labels is None:
+            raise ConfigError("give --features and --labels, or --benchmark TRAIN_IDS TEST_IDS")
+        test_x, test_y = _load_pair(args.features, args.labels)
+        train_x = train_y = None
+        if args.train_features is not None or args.train_labels is not None:
+            if args.train_features is None or args.train_labels is None:
+                raise ConfigError("--train-features and --train-labels go together")
+            train_x, train_y = _load_pair(args.train_features, args.train_labels)
+            if train_x.shape[1] != test_x.shape[1]:
+                raise DataError(args.train_features, f"{train_x.shape[1]} feature columns but {args.features} has {test_x.shape[1]}")
+        source = str(args.features)
+    frame = run_harness(methods, train_x, train_y, test_x, test_y, args.k, method_params=params, progress=True)
+    print(f"{source}: {frame.attrs['n_test']} samples to cluster, {frame.attrs['n_train']} labelled, "
+          f"kNN k={frame.attrs['k']} built in {frame.attrs['knn_seconds']:.1f} s")
+    print(format_table(frame))
+    if args.out is not None:
+        write_results(frame, args.out, {"source": source, "methods": methods, "params": params, "k": args.k})
+    return 0
+
+
+def write_results(frame: pd.DataFrame, out: str | Path, run: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.json`` (run description, kNN timing, rows) into ``out``, atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "results.csv", "w", encoding="utf-8") as handle:
+        frame.to_csv(handle, index=False)
+    payload = {"run": dict(run), **frame.attrs, "results": json.loads(frame.to_json(orient="records"))}
+    return out / "results.csv", save_json(out / "results.json", payload)
+
+
+def _load_pair(features_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(load_features(features_path), dtype=np.float32)
+    path = Path(labels_path)
+    if path.suffix == ".meta":
+        labels = load_meta(path, expected=len(features))
+    else:
+        if not path.is_file():
+            raise DataError(path, "label file not found")
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(path, f"not a readable .npy file ({exc})") from exc
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(path, f"expected a 1-D integer label array, found {labels.dtype} of shape {labels.shape}")
+        if len(labels) != len(features):
+            raise DataError(path, f"{len(labels)} labels for {len(features)} feature rows in {features_path}")
+    check_features(features, features_path)
+    return features, labels.astype(np.int64)
+
+
+def _parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD.NAME=VALUE`` items (VALUE read as JSON when it parses, else as a string)."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or method not in methods:
+            raise ConfigError(f"--param {item!r}: expected METHOD.NAME=VALUE with METHOD one of {', '.join(methods)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        params.setdefault(method, {})[name] = tuple(value) if isinstance(value, list) else value
+    return params
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semiface-cluster-eval",
+        description="Cluster features with one or more methods and score them against ground truth.",
+    )
+    parser.add_argument("--method", default="knn_uf,infomap", help="comma-separated method names (default: %(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                        help="a method parameter, e.g. knn_uf.tau=0.6 (repeatable; VALUE is JSON or a string)")
+    parser.add_argument("--features", help="features to cluster (.npy or .bin float32 [N, D])")
+    parser.add_argument("--labels", help="their ground-truth labels (.npy int or .meta), used only to score")
+    parser.add_argument("--train-features", help="labelled features to fit methods / tune thresholds on")
+    parser.add_argument("--train-labels", help="their labels (.npy int or .meta)")
+    parser.add_argument("--benchmark", type=int, nargs=2, metavar=("TRAIN_IDS", "TEST_IDS"),
+                        help="use generated MS1M-like features with this many train and test identities")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated features (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=80, help="neighbours in the kNN graph, self included (default: %(default)s)")
+    parser.add_argument("--out", help="folder to write results.csv and results.json into")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
