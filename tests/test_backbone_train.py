@@ -323,3 +323,25 @@ def test_model_config_fields_reach_the_checkpoint(trained):
     model, _ = trained
     assert ModelConfig.from_dict(load_checkpoint(model)["model_config"]) == CONFIG.model_config()
     assert pd.Series([e["lr"] for e in load_checkpoint(model)["history"]]).is_monotonic_decreasing
+
+
+@pytest.mark.slow
+def test_demo_trunk_trained_minutes_on_cpu_identifies_far_above_random_init(tmp_path):
+    """The demo trunk (resnet10t, 64 px) on the default demo faces, 15 epochs (about 5 min on 2 loaded cores)."""
+    from backbone.model import DEMO_MODEL
+
+    demo = generate_demo_dataset(tmp_path / "faces", DemoConfig(n_unlabelled_ids=0))  # 40 ids x 10 images
+    config = TrainConfig(trunk=DEMO_MODEL.trunk, image_size=DEMO_MODEL.image_size, s=16.0, m=0.2, schedule="poly",
+                         epochs=15, batch_size=32, aug_strength=0.3, num_workers=0, device="cpu", verbose=False)
+    model = train_backbone(demo, demo.parent, tmp_path / "run", config)
+    frame = read_manifest(demo)
+    probe, distractor = (frame["split"] == "probe").to_numpy(), (frame["split"] == "distractor").to_numpy()
+    rank1 = {}
+    for name, checkpoint in (("trained", model), ("random", _random_init_checkpoint(config, tmp_path / "r.pt"))):
+        features = np.load(extract_features(checkpoint, demo, demo.parent, tmp_path / f"{name}.npy", device="cpu"))
+        rank1[name] = identification_cmc(features[probe], frame.loc[probe, "identity"].to_numpy(),
+                                         features[distractor], sizes=(10, 100), device="cpu").rank1
+    # measured (20 unseen probe identities, 1800 pairs): trained 0.589 / 0.229, random 0.142 / 0.034
+    # at 10 / 100 distractors
+    assert rank1["trained"][0] > rank1["random"][0] + 0.3, rank1
+    assert rank1["trained"][1] > 4 * rank1["random"][1], rank1
