@@ -11,6 +11,7 @@ from clustering.facet import FaceT, FaceTConfig, FaceTModel, split_by_identity
 from clustering.facet.neighbours import enhance_nodes, gather_sequences, neighbour_table
 from clustering.facet.train import TrainData, candidate_links, train_model
 from clustering.knn import build_knn
+from clustering.metrics import evaluate_partition
 from semiface.errors import ConfigError, DataError
 
 TINY = dict(hop1=8, hop2=3, heads=2, head_dim=8, ff_dim=32, dropout=0.1, batch_size=16, warmup_steps=5, device="cpu")
@@ -86,6 +87,16 @@ def test_shapes_and_padding_is_masked(variant: str) -> None:
     noisy = sequence.clone()
     noisy[seq_pad] = 1e3 * torch.randn(int(seq_pad.sum()), d)
     torch.testing.assert_close(model.link_log_probs(noisy[:, 0], noisy, seq_pad)[~seq_pad], log_probs[~seq_pad])
+
+
+def test_only_re_linkage_is_eq_11_12_on_enhanced_features() -> None:
+    cfg = FaceTConfig.demo(**TINY, variant="only_re")
+    model = FaceTModel(feature_dim=16, cfg=cfg).eval()
+    pivot, sequence = torch.randn(2, 16), torch.randn(2, 5, 16)
+    probs = model.link_log_probs(pivot, sequence, torch.zeros(2, 5, dtype=torch.bool)).exp()
+    cosine = torch.nn.functional.cosine_similarity(pivot[:, None], sequence, dim=-1)
+    torch.testing.assert_close(probs[..., 1], (1 + cosine) / 2)  # 1 - 0.25 ||N(a) - N(b)||^2
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 5))
 
 
 def test_gather_sequences_places_each_node_enhancement() -> None:
@@ -168,6 +179,34 @@ def test_saved_and_loaded_model_predicts_identically(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.confidence_, method.confidence_)
     for a, b in zip(method.predict_links(test_features, knn, 0.0), loaded.predict_links(test_features, knn, 0.0), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_links_are_undirected_and_memory_mapped_inference_matches(tmp_path) -> None:
+    features, labels = blobs(20, 5)
+    method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0).fit(features, labels)
+    knn = build_knn(features, 9, device="cpu")
+    src, dst, weight = method.predict_links(features, knn, 0.0)
+    assert (src < dst).all() and len(np.unique(src * len(features) + dst)) == len(src)
+    assert ((weight >= 0) & (weight <= 1)).all()
+    method.config = method.config.replace(link_rule="any")
+    any_src, any_dst, any_weight = method.predict_links(features, knn, 0.0)
+    np.testing.assert_array_equal(any_src, src)  # same pairs, ordered by pair key
+    np.testing.assert_array_equal(any_dst, dst)
+    assert (any_weight >= weight - 1e-6).all() and (any_weight > weight + 1e-3).any()  # max >= mean
+    method.config = method.config.replace(link_rule="average", memmap_bytes=0, work_dir=str(tmp_path), inference_batch=7)
+    for a, b in zip(method.predict_links(features, knn, 0.0), (src, dst, weight), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert list(tmp_path.iterdir()) == []  # the temporary memory map is removed
+
+
+def test_facet_with_infomap_partition_clusters_separable_identities() -> None:
+    features, labels = blobs(12, 8, noise=0.3)
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=2, val_fraction=0.25).fit(features, labels)
+    assert method.tau_ in method.config.tau_grid
+    assert {"loss", "pairwise_f", "bcubed_f", "all_pairwise_f", "val_tau"} <= set(method.history_[-1])
+    test_features, test_labels = blobs(10, 8, noise=0.3, seed=5)
+    predicted = method.fit_predict(test_features, None)
+    assert evaluate_partition(test_labels, predicted)["pairwise_f"] > 0.85
 
 
 def test_registry_parameters_and_presets() -> None:

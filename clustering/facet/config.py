@@ -11,6 +11,7 @@ VARIANTS = ("full", "only_re", "only_lp")
 EDGE_EMBEDDINGS = ("concat", "concat_product")
 LOSS_WEIGHTINGS = ("none", "weighted", "balanced")
 PARTITIONS = ("union_find", "infomap")
+LINK_RULES = ("any", "mutual", "average")  # as clustering.clusformer.linking.undirected_links
 PRESETS = ("paper", "demo")
 
 
@@ -41,11 +42,16 @@ class FaceTConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 500
     loss_weighting: str = "balanced"  # none | weighted (inverse class frequency) | balanced (1:1 sampling)
-    val_fraction: float = 0.2  # identities held out of training to validate and tune tau
-    tau_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    val_fraction: float = 0.2  # identities held out of training (validated in context of all labelled rows)
+    tau_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
     seed: int = 0
     # clustering
     partition: str = "union_find"  # union_find | infomap
+    # One weight per pair from p(q->k) and p(k->q): any = max (the paper: a link when either
+    # direction passes tau), mutual = min of both, average = mean (a side not scored counts 0).
+    # "average" is the default (not the paper's "any"): on generated benchmark features it gave
+    # +3 to +12 points of pairwise F over "any" at the best tau of each (see the README).
+    link_rule: str = "average"
     tau: float | None = None  # link threshold; None = the one tuned on the validation slice
     max_cluster_size: int | None = None
     min_cluster_size: int = 1
@@ -63,8 +69,8 @@ class FaceTConfig:
     def demo(cls, **overrides: object) -> FaceTConfig:
         """A small, CPU-friendly preset for the demo flow and the tests."""
         small = dict(
-            hop1=30, hop2=5, heads=2, head_dim=32, ff_dim=128, dropout=0.1, epochs=8, batch_size=32,
-            lr=0.002, warmup_steps=50,
+            hop1=20, hop2=5, depth=1, heads=2, head_dim=32, ff_dim=128, dropout=0.1, epochs=6, batch_size=32,
+            lr=0.002, warmup_steps=50, edge_embedding="concat_product",
         )
         return cls.from_dict({**small, **overrides})
 
@@ -97,6 +103,7 @@ class FaceTConfig:
             (self.edge_embedding in EDGE_EMBEDDINGS, f"edge_embedding must be one of {EDGE_EMBEDDINGS}, got {self.edge_embedding!r}"),
             (self.loss_weighting in LOSS_WEIGHTINGS, f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"),
             (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
+            (self.link_rule in LINK_RULES, f"link_rule must be one of {LINK_RULES}, got {self.link_rule!r}"),
             (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
             (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),

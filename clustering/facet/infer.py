@@ -1,8 +1,8 @@
 """Scalable FaceT inference: RE once per node (all g), then LP per pivot over its hop1 neighbours.
 
 Large arrays stay bounded: raw features and enhanced features larger than ``memmap_bytes`` are
-read from / written to ``.npy`` memory maps and gathered batch by batch; only links above
-``min_prob`` are kept.
+read from / written to ``.npy`` memory maps and gathered batch by batch; the output is one
+float32 probability per (pivot, neighbour) of the table.
 """
 
 from __future__ import annotations
@@ -69,24 +69,20 @@ def enhance_all(
 
 
 @torch.inference_mode()
-def predict_links(
-    model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int, min_prob: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Links (src, dst, P(same)) from every pivot to its hop1 neighbours with P(same) > min_prob."""
+def link_scores(model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int) -> np.ndarray:
+    """P(same identity) float32 [N, hop1 + 1] of every pivot (row) to ``table[:, :hop1 + 1]``;
+    0 at the pivot itself (column 0) and at padding. Fewer columns when the table is narrower."""
     n = table.shape[0]
-    found: list[tuple[Tensor, Tensor, Tensor]] = []
+    out = np.zeros((n, min(hop1 + 1, table.shape[1])), dtype=np.float32)
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
         with autocast(table.device):
             ids, sequence, pad = gather_sequences(pivots, table, hop1, enhanced.__getitem__)
             prob = model.link_log_probs(sequence[:, 0], sequence, pad)[..., 1].exp()
-        keep = ~pad & (prob > min_prob)
-        keep[:, 0] = False  # the pivot itself
-        found.append((pivots[:, None].expand_as(ids)[keep].cpu(), ids[keep].cpu(), prob[keep].float().cpu()))
-    if not found:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    src, dst, prob = (torch.cat(parts).numpy() for parts in zip(*found, strict=True))
-    return src.astype(np.int64), dst.astype(np.int64), prob.astype(np.float32)
+        prob = prob.float().masked_fill(pad, 0.0)
+        prob[:, 0] = 0.0
+        out[start : start + len(pivots)] = prob.cpu().numpy()
+    return out
 
 
 @contextlib.contextmanager
@@ -106,12 +102,13 @@ def _enhanced_store(n: int, d: int, device: torch.device, cfg: FaceTConfig) -> I
 
 
 def link_probabilities(
-    model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device, min_prob: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]."""
+    model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device
+) -> np.ndarray:
+    """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]:
+    ``link_scores`` of every node."""
     model.eval()
     store = RowStore.from_array(features, device, cfg.memmap_bytes)
     table_t = torch.as_tensor(table, dtype=torch.int64).to(device)
     with _enhanced_store(len(features), model.model_dim, device, cfg) as (out, enhanced):
         enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
-        return predict_links(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, min_prob)
+        return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch)

@@ -7,6 +7,8 @@ Padded sequence positions (a node with fewer neighbours) are masked out of every
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,9 +79,10 @@ class FaceTModel(nn.Module):
         d = cfg.model_dim
         self.project = nn.Identity() if feature_dim == d else nn.Linear(feature_dim, d)
         self.encoder = None if cfg.variant == "only_lp" else RelationEncoder(cfg)
-        # only_lp: raw features reach the LP at the scale RE output has (LayerNorm), so that the
-        # pivot half of e_qk is not ~sqrt(d) times smaller than the self-attended half.
-        self.raw_norm = nn.LayerNorm(d) if self.encoder is None else None
+        # Unit-norm features have per-dimension scale 1/sqrt(D), the attention outputs (after
+        # LayerNorm) scale 1: inputs are scaled by sqrt(D) so that f_q is not drowned in the
+        # residual g_q = LN(f~_q + f_q) nor the pivot in e_qk.
+        self.input_scale = math.sqrt(feature_dim)
         self.predictor = None if cfg.variant == "only_re" else LinkagePredictor(cfg)
         self.model_dim = d
 
@@ -90,12 +93,12 @@ class FaceTModel(nn.Module):
 
     def enhance(self, node: Tensor, context: Tensor | None = None, context_pad: Tensor | None = None) -> Tensor:
         """Raw features node [M, D] (+ context [M, C, D]) -> enhanced g [M, d]."""
-        projected = self.project(node)
-        if self.raw_norm is not None:
-            return self.raw_norm(projected)
+        projected = self.project(node * self.input_scale)
+        if self.encoder is None:
+            return projected
         if context is None or context_pad is None:
             raise ValueError("the Relation Encoder needs the hop2 context of every node")
-        return self.encoder(projected, self.project(context), context_pad)
+        return self.encoder(projected, self.project(context * self.input_scale), context_pad)
 
     def link_log_probs(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor) -> Tensor:
         """Log-probabilities [B, L, 2] (index 1 = same identity) of the links pivot -> sequence[j]."""
