@@ -80,3 +80,36 @@ def test_ddp_step_matches_single_process_gradients(tmp_path):
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name
     changed = [n for n, p in reference.named_parameters() if not torch.equal(ranks[0]["params"][n], p.detach())]
     assert changed  # the step did update the weights
+
+
+def _train_worker(rank: int, port: int, manifest: str, run_dir: str, out_dir: str) -> None:
+    from backbone.train import train_backbone
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    config = TrainConfig(trunk="test_resnet", image_size=32, embedding_dim=16, epochs=2, batch_size=16,
+                         num_workers=0, device="cpu", verbose=False)
+    epochs: list[dict] = []
+    model = train_backbone(Path(manifest), Path(manifest).parent, Path(run_dir), config, progress=epochs.append)
+    torch.save({"model": str(model), "epochs": epochs, "group_left": not dist.is_initialized()},
+               Path(out_dir) / f"train{rank}.pt")
+
+
+def test_train_backbone_under_two_processes_shards_the_data_and_only_rank0_writes(tmp_path):
+    from backbone.checkpoint import load_checkpoint
+    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+
+    demo = DemoConfig(n_labelled_ids=4, n_unlabelled_ids=0, n_probe_ids=0, n_distractor_ids=0, images_per_id=8,
+                      image_size=32)
+    manifest = generate_demo_dataset(tmp_path / "faces", demo)
+    mp.start_processes(_train_worker, args=(_free_port(), str(manifest), str(tmp_path / "run"), str(tmp_path)),
+                       nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"train{r}.pt") for r in (0, 1)]
+    assert ranks[0]["model"] == ranks[1]["model"] == str(tmp_path / "run" / "model.pt")
+    assert all(r["group_left"] for r in ranks)  # the process group it created is destroyed again
+    assert [e["epoch"] for e in ranks[0]["epochs"]] == [1, 2] and ranks[1]["epochs"] == []  # rank 0 reports
+    payload = load_checkpoint(tmp_path / "run" / "model.pt")
+    # 32 images, global batch 16 = 8 per process: 2 steps an epoch on each process
+    assert (payload["step"], payload["num_classes"], payload["finished"]) == (4, 4, True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json", "model.pt", "run.json"]
