@@ -593,3 +593,46 @@ def _model_payload(config, embedder, head, rows, epoch, step, history) -> dict[s
     return {"model_config": config.model_config().to_dict(), "model": embedder.state_dict(),
             "num_classes": rows.num_classes, "margin": head.state_dict(), "train_config": config.to_dict(),
             "epoch": epoch, "step": step, "history": history}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (also the torchrun entry: ``torchrun --nproc_per_node 4 -m backbone.train ...``)
+
+
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value (numbers, true/false/null, lists); anything else is a string."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set: expected key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the face embedding backbone on a manifest's labelled rows.")
+    parser.add_argument("--manifest", type=Path, required=True, help="parquet manifest (label >= 0 rows are trained)")
+    parser.add_argument("--image-root", type=Path, default=None, help="folder the manifest paths are relative to")
+    parser.add_argument("--record-file", type=Path, default=None, help="InsightFace train.rec (rec_index column)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run directory (resumed or reused when present)")
+    parser.add_argument("--config", type=Path, default=None, help="JSON file of TrainConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig field, e.g. --set epochs=20 --set trunk=resnet10t (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        values = json.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
+        values.update(_parse_setting(text) for text in args.set)
+        model = train_backbone(args.manifest, args.image_root, args.run_dir, TrainConfig.from_dict(values),
+                               record_file=args.record_file)
+    except (SemifaceError, OSError, json.JSONDecodeError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

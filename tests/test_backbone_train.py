@@ -345,3 +345,15 @@ def test_demo_trunk_trained_minutes_on_cpu_identifies_far_above_random_init(tmp_
     # at 10 / 100 distractors
     assert rank1["trained"][0] > rank1["random"][0] + 0.3, rank1
     assert rank1["trained"][1] > 4 * rank1["random"][1], rank1
+
+
+def test_command_line_trains_and_reports_bad_settings(small_manifest, demo, tmp_path, capsys):
+    settings = ["trunk=test_resnet", "image_size=32", "embedding_dim=32", "epochs=1", "batch_size=16",
+                "num_workers=0", "device=cpu", "verbose=false", "lr_milestones=[0.5]"]
+    argv = ["--manifest", str(small_manifest), "--image-root", str(demo.parent), "--run-dir", str(tmp_path / "run")]
+    assert train_module.main([*argv, *(a for s in settings for a in ("--set", s))]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "run" / "model.pt")
+    assert load_checkpoint(tmp_path / "run" / "model.pt")["train_config"]["lr_milestones"] == [0.5]
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main([*argv, "--set", "epochz=3"])
+    assert exit_info.value.code == 2 and "unknown parameter(s) epochz" in capsys.readouterr().err
