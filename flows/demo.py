@@ -1,7 +1,7 @@
 """``make demo``: the r_U/L sweep on generated faces, on the CPU, in about ten minutes on 2 cores.
 
 Runs ``compare-ratios`` (lower bound, r_U/L 1, 3, 5, upper bound) with FaceT's demo preset and a
-small ResNet (timm ``resnet10t``) at 48 px, then prints where the run directory, the table and
+small ResNet (timm ``resnet10t``) at 32 px, then prints where the run directory, the table and
 the plots are, and the dashboard address when ``PREFECT_API_URL`` points at a Prefect server.
 Without one, Prefect starts a temporary local server for the run. A second ``make demo`` reuses
 every stage (the run directory is a cache). ``python -m flows.demo --help`` lists the options.
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Sized for 2 CPU cores: 20 labelled identities x 8 images, an unlabelled pool of 5 x N_L images,
-# 20 probe identities, 600 one-image distractors.
-DEMO_DATA = {"n_labelled_ids": 20, "n_unlabelled_ids": 100, "n_probe_ids": 20, "n_distractor_ids": 600,
-             "images_per_id": 8, "difficulty": 0.4}
+# Sized for 2 CPU cores: 16 labelled identities x 6 images, an unlabelled pool of 5 x N_L images,
+# 16 probe identities, 400 one-image distractors.
+DEMO_DATA = {"n_labelled_ids": 16, "n_unlabelled_ids": 80, "n_probe_ids": 16, "n_distractor_ids": 400,
+             "images_per_id": 6, "difficulty": 0.3}
 DEMO_PARAMETERS: dict[str, Any] = {
     "ratios": [1.0, 3.0, 5.0],
     "data_source": "demo",
@@ -26,11 +26,11 @@ DEMO_PARAMETERS: dict[str, Any] = {
     "method": "facet",
     "method_params": {"preset": "demo"},
     "backbone": "resnet10t",
-    "image_size": 48,
-    "epochs": 12,
-    "train_options": {"batch_size": 32, "lr": 0.05, "warmup_epochs": 1.0},
+    "image_size": 32,
+    "epochs": 6,
+    "train_options": {"batch_size": 32, "lr": 0.05, "warmup_epochs": 0.5},
     "k": 31,
-    "distractor_sizes": [10, 100, 600],
+    "distractor_sizes": [10, 100, 400],
     "extract_batch_size": 128,
     "device": "cpu",
     "num_workers": 0,
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=DEMO_PARAMETERS["epochs"], help="epochs of each training")
     parser.add_argument("--device", default=DEMO_PARAMETERS["device"], help="cpu (default), cuda or auto")
     args = parser.parse_args(argv)
+    # Without PREFECT_API_URL Prefect starts a temporary server; on a busy 2-core machine it may need
+    # more than the default 20 s to come up. No telemetry from a demo.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     from flows.compare_ratios import compare_ratios
 

@@ -16,7 +16,7 @@ PLOTS = {"rank1_plot": "rank1_vs_distractors.png", "cmc_plot": "cmc.png", "roc_p
 
 
 @task(name="evaluate", task_run_name="evaluate[{ctx.label}/{model_name}]", tags=["stage", "evaluation"],
-      retries=1, retry_delay_seconds=5)
+      retries=1, retry_delay_seconds=2)
 def evaluate_task(
     ctx: StageContext,
     data: StageResult,

@@ -1,0 +1,118 @@
+"""The ``semi-supervised`` flow end to end on tiny generated faces (CPU), under a temporary Prefect server.
+
+One run directory goes through: a first run where one stage fails once and is retried and a later
+stage fails for good; a rerun that resumes at the failed stage (earlier stages cached); a third
+run that skips every stage. Bad parameters fail before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.semi_supervised import semi_supervised
+from semiface.errors import ConfigError, DataError
+from tasks.common import FAULT_ENV, InjectedFault
+
+TINY = {
+    "data_options": {"n_labelled_ids": 6, "n_unlabelled_ids": 10, "n_probe_ids": 4, "n_distractor_ids": 30,
+                     "images_per_id": 4},
+    "method": "knn_uf", "backbone": "resnet10t", "image_size": 32, "epochs": 1,
+    "train_options": {"batch_size": 8}, "k": 8, "distractor_sizes": [10, 30], "device": "cpu",
+    "num_workers": 0, "extract_batch_size": 64,
+}
+STAGES_BEFORE_CLUSTER = {"prepare-data", "train-backbone", "build-knn", "train-clusterer"}
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def task_states(flow_run_id) -> dict[str, list[str]]:
+    """Task name -> the names of its runs' final states (e.g. Completed, Cached, Failed)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.split("[")[0], []).append(run.state.name)
+    return states
+
+
+def done_markers(run_dir: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (run_dir / "stages").glob("*/done.json")}
+
+
+def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    # evaluate fails once (its retry succeeds); cluster fails once (no retries: the run fails there).
+    monkeypatch.setenv(FAULT_ENV, "evaluate:1,cluster:1")
+    first = semi_supervised(run_dir=str(run_dir), **TINY, return_state=True)
+    assert first.is_failed()
+    with pytest.raises(InjectedFault, match="cluster: injected fault 1/1"):
+        first.result()
+    states = task_states(first.state_details.flow_run_id)
+    assert states["evaluate"] == ["Completed"]  # failed once, then completed on its retry
+    assert states["cluster"] == ["Failed"]
+    before = done_markers(run_dir)
+    assert {name.split("-")[0] for name in before} == {"prepare_data", "train_backbone", "extract_features",
+                                                         "evaluate", "build_knn", "train_clusterer"}
+
+    # Rerun: the fault budget is spent; earlier stages come from the cache, the rest computes.
+    second = semi_supervised(run_dir=str(run_dir), **TINY, return_state=True)
+    summary = second.result()
+    states = task_states(second.state_details.flow_run_id)
+    for name in STAGES_BEFORE_CLUSTER:
+        assert set(states[name]) == {"Cached"}, (name, states[name])
+    for name in ("cluster", "merge-pseudo-labels", "retrain"):
+        assert states[name] == ["Completed"], (name, states[name])
+    for name in ("extract-features", "evaluate"):  # of the first model (cached), then of the retrained one
+        assert states[name] == ["Cached", "Completed"], (name, states[name])
+    assert all(done_markers(run_dir)[name] == mtime for name, mtime in before.items())  # not recomputed
+
+    # What the run produced, from the files it names.
+    retrain = pd.read_parquet(summary["retrain_manifest"])
+    pseudo = retrain[retrain["label_source"] == "pseudo"]
+    assert len(pseudo) == summary["n_kept"] > 0
+    assert pseudo["label"].min() == retrain.loc[retrain["label_source"] == "gt", "label"].max() + 1
+    assert summary["n_sampled"] == 24 and summary["effective_ratio"] == 1.0
+    for key in ("results_before", "results_after"):
+        results = json.loads(Path(summary[key]).read_text())
+        assert results["summary"]["largest_size"] == 30
+    assert 0.0 <= summary["rank1_after_largest"] <= 1.0
+    assert 0.0 <= summary["pairwise_f"] <= 1.0
+    assert json.loads((run_dir / "run.json").read_text()) == summary
+
+    # Same parameters again: every stage is skipped.
+    third = semi_supervised(run_dir=str(run_dir), **TINY, return_state=True)
+    assert third.result() == summary
+    states = task_states(third.state_details.flow_run_id)
+    assert len(states) == 9 and sum(len(v) for v in states.values()) == 12
+    assert {s for runs in states.values() for s in runs} == {"Cached"}
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ({"method": "no_such_method"}, ConfigError, "unknown clustering method 'no_such_method'"),
+        ({"ratio": 0.0}, ConfigError, "r_U/L must be > 0"),
+        ({"ratio": -2.0}, ConfigError, "r_U/L must be > 0"),
+        ({"data_source": "folder", "data_path": "/nonexistent/faces", "data_options": {}}, DataError, "/nonexistent/faces"),
+        ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError, "data_path: required"),
+        ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
+    ],
+)
+def test_bad_parameters_fail_at_the_start_with_nothing_written(prefect_server, tmp_path, override, error, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        semi_supervised(run_dir=str(run_dir), **{**TINY, **override})
+    assert not run_dir.exists()
