@@ -34,10 +34,10 @@ from bench.cluster_scaling import PeakRss
 from clustering.base import available_methods, make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits, generate_benchmark_features
 from clustering.clusformer import ClusformerConfig, ClusformerNet
-from clustering.clusformer.linking import undirected_links
 from clustering.clusformer.training import predict_sequences, train_clusformer
 from clustering.evaluate import format_table, run_harness
 from clustering.knn import build_knn
+from clustering.links import undirected_links
 from clustering.metrics import evaluate_partition
 from clustering.partition import partition_links
 from semiface.atomic import save_json

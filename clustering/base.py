@@ -16,9 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from semiface.errors import ConfigError
-
 from clustering.knn import KnnGraph
+from semiface.errors import ConfigError
 
 
 class Clusterer(ABC):

@@ -9,7 +9,6 @@ import torch
 from clustering.base import make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits
 from clustering.clusformer import Clusformer, ClusformerConfig, ClusformerNet, build_sequences
-from clustering.clusformer.linking import undirected_links
 from clustering.clusformer.training import (
     predict_sequences,
     sequence_loss,
@@ -18,6 +17,7 @@ from clustering.clusformer.training import (
 )
 from clustering.evaluate import sweep_threshold
 from clustering.knn import KnnGraph, build_knn
+from clustering.links import undirected_links
 from clustering.metrics import evaluate_partition
 from semiface.errors import ConfigError, DataError
 

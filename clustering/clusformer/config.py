@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from clustering.links import LINK_RULES
 from semiface.errors import ConfigError
 
 ENCODINGS = ("cde", "none", "learnable", "sinusoidal")
-LINK_RULES = ("any", "mutual", "average")
 PARTITIONS = ("union_find", "infomap")
 
 # Architecture and schedule presets. "paper": section 5.3 of the paper (6 + 6 blocks, 8 heads, d = 256,

@@ -24,10 +24,10 @@ import torch
 
 from clustering.base import Clusterer, register
 from clustering.clusformer.config import ClusformerConfig
-from clustering.clusformer.linking import undirected_links
 from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
 from clustering.knn import KnnGraph, build_knn
+from clustering.links import undirected_links
 from clustering.metrics import evaluate_partition
 from semiface.atomic import atomic_path
 from semiface.devices import resolve_device

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from clustering.links import LINK_RULES
 from semiface.errors import ConfigError, reject_unknown
 
 VARIANTS = ("full", "only_re", "only_lp")
 EDGE_EMBEDDINGS = ("concat", "concat_product")
 LOSS_WEIGHTINGS = ("none", "weighted", "balanced")
 PARTITIONS = ("union_find", "infomap")
-LINK_RULES = ("any", "mutual", "average")  # as clustering.clusformer.linking.undirected_links
 PRESETS = ("paper", "demo")
 
 

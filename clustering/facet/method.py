@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from clustering.base import Clusterer, register
-from clustering.clusformer.linking import undirected_links
 from clustering.facet.config import FaceTConfig
 from clustering.facet.infer import link_probabilities
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
 from clustering.knn import KnnGraph, build_knn
+from clustering.links import undirected_links
 from clustering.metrics import evaluate_partition
 from clustering.partition import link_confidence, partition_links
 from semiface.atomic import atomic_path

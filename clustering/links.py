@@ -1,6 +1,6 @@
-"""From per-sequence probabilities to undirected weighted links between samples.
+"""From per-node neighbour probabilities to undirected weighted links (shared by FaceT and Clusformer).
 
-Centre i's sequence gives, for each element j, p(i -> j) = P(j has i's identity). A pair (i, j) may be
+Centre i's row (its sequence, or its hop1 neighbours) gives, for each element j, p(i -> j) = P(j has i's identity). A pair (i, j) may be
 scored from both sides (each in the other's sequence) or from one. The link rule turns the one or two
 directed scores into one undirected weight:
 
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clustering.clusformer.config import LINK_RULES
 from semiface.errors import ConfigError
+
+LINK_RULES = ("any", "mutual", "average")
 
 
 def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,7 +37,7 @@ def undirected_links(
     Vectorised: the directed scores are grouped by pair key with one sort.
     """
     if rule not in LINK_RULES:
-        raise ConfigError(f"clusformer: link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
+        raise ConfigError(f"link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
     src, dst, p = directed_edges(ids, probs)
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
     key = lo * np.int64(n) + hi
