@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.cluster_scaling import PeakRss
+from bench.measure import PeakRss
 from clustering.base import available_methods, make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits, generate_benchmark_features
 from clustering.clusformer import ClusformerConfig, ClusformerNet

@@ -21,13 +21,13 @@ import multiprocessing
 import os
 import platform
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import psutil
+
+from bench.measure import PeakRss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster_scaling.json"
 METRICS_N = 5_000_000
@@ -36,26 +36,6 @@ IDENTITIES_PER_BLOCK = 5_000
 MEAN_IMAGES = 18.6  # mean images per identity of the default generator
 
 
-class PeakRss:
-    """Sample this process's resident memory every 10 ms while active."""
-
-    def __init__(self) -> None:
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-
-    def __enter__(self) -> PeakRss:
-        self.start = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def generate(n: int, folder: Path) -> None:

@@ -15,8 +15,6 @@ Prints a table and writes bench/results/extract_throughput.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from backbone.checkpoint import save_checkpoint
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 from backbone.extract import extract_features
 from backbone.model import DEMO_MODEL, ModelConfig, build_model
-from bench.train_throughput import PeakRss
+from bench.measure import PeakRss, machine_info
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype
 from semiface.manifest import read_manifest, write_manifest
@@ -111,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             for config in CASES:
                 rows.append(run_case(config, device, manifest, warmup, Path(tmp), batch, args.workers))
                 print(_format(rows[-1:]).splitlines()[-1], flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = machine_info()
     print()
     print(_format(rows))
     save_json(args.out, {"machine": machine, "results": rows})

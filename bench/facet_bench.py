@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.train_throughput import PeakRss
+from bench.measure import PeakRss
 from clustering.base import make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits, generate_benchmark_features
 from clustering.facet import FaceTConfig, FaceTModel

@@ -19,8 +19,6 @@ Prints a table and writes bench/results/megaface_bench.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import threading
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.measure import machine_info
 from recognition_eval.__main__ import parse_size
 from recognition_eval.identification import identification_cmc
 from recognition_eval.plots import size_label
@@ -163,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(run_case(kind, probes, identities, distractors, size, device, args.max_mib * 2**20))
                     print(format_row(rows[-1]), flush=True)
         del distractors
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = machine_info()
     save_json(args.out, {"machine": machine, "max_mib": args.max_mib, "identities": args.identities,
                          "dim": args.dim, "noise": args.noise, "results": rows})
     print(f"\nwritten {args.out}")

@@ -15,19 +15,16 @@ Prints a table and writes bench/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 from backbone.extract import embed_with_flip
 from backbone.margin import MarginHead
 from backbone.model import DEMO_MODEL, ModelConfig, build_model
 from backbone.train import MarginModel, TrainConfig, make_optimizer, train_step
+from bench.measure import PeakRss, machine_info
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype
 
@@ -36,25 +33,6 @@ CASES = [ModelConfig(trunk="resnet50", image_size=112), DEMO_MODEL]
 NUM_CLASSES = 1000
 
 
-class PeakRss:
-    """Sample this process's resident memory every 10 ms while active."""
-
-    def __init__(self) -> None:
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-
-    def __enter__(self) -> PeakRss:
-        self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _timed(fn, warmup: int, iters: int, device: torch.device) -> float:
@@ -137,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         for config in CASES:
             rows.append(run_case(config, device, batch, args.warmup, args.iters))
             print(_format(rows[-1:]).splitlines()[-1], flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = machine_info()
     print()
     print(_format(rows))
     save_json(args.out, {"machine": machine, "results": rows})

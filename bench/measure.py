@@ -1,0 +1,44 @@
+"""What every benchmark records beside its timings: peak resident memory and the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+
+import psutil
+
+
+class PeakRss:
+    """Sample this process's resident memory every 10 ms while active (``start``, ``peak`` in bytes)."""
+
+    def __init__(self) -> None:
+        self.process, self.start, self.peak, self._stop = psutil.Process(), 0, 0, threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def machine_info() -> dict[str, object]:
+    """CPU, core count, torch threads and version, GPU name (None without CUDA)."""
+    import torch  # here, not at the top: benchmarks of faiss/Infomap alone need not load torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
