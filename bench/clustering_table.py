@@ -70,7 +70,7 @@ def benchmark_case(train_ids: int, test_ids: int, dim: int, seed: int, methods: 
     frame = with_gains(run_harness(methods, splits.train_features, splits.train_labels, splits.test_features[0],
                                    splits.test_labels[0], K, method_params=method_params(methods), progress=True))
     title = (f"Generated benchmark features ({dim}-d, seed {seed}): fitted on {train_ids} labelled identities "
-             f"({len(splits.train_labels)} samples), clustering {test_ids} unseen ({len(splits.test_labels)} samples)")
+             f"({len(splits.train_labels)} samples), clustering {test_ids} unseen ({len(splits.test_labels[0])} samples)")
     print_table(title, frame)
     return {"title": title, **frame.attrs, "results": frame.to_dict("records")}
 
