@@ -64,6 +64,7 @@ def compare_ratios(
     epochs: int = 20,
     train_options: dict[str, Any] | None = None,
     retrain_from: Literal["scratch", "first_model"] = "scratch",
+    retrain_options: dict[str, Any] | None = None,
     k: int = 80,
     min_cluster_size: int = 2,
     min_confidence: float = 0.0,
@@ -81,7 +82,7 @@ def compare_ratios(
     common = dict(
         data_source=data_source, data_path=data_path, data_options=data_options, method=method,
         method_params=method_params, backbone=backbone, image_size=image_size, epochs=epochs,
-        train_options=train_options, retrain_from=retrain_from, k=k, min_cluster_size=min_cluster_size,
+        train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k, min_cluster_size=min_cluster_size,
         min_confidence=min_confidence, distractor_sizes=distractor_sizes, extract_batch_size=extract_batch_size,
         device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
     )

@@ -93,6 +93,7 @@ def semi_supervised(
     epochs: int = 20,
     train_options: dict[str, Any] | None = None,
     retrain_from: Literal["scratch", "first_model"] = "scratch",
+    retrain_options: dict[str, Any] | None = None,
     k: int = 80,
     min_cluster_size: int = 2,
     min_confidence: float = 0.0,
@@ -110,6 +111,8 @@ def semi_supervised(
     (``recordio``) or the learn-to-cluster root (``features``); unused for ``demo``.
     ``data_options``: DemoConfig fields (demo), split shares (folder / recordio), part names (features).
     ``train_options``: further TrainConfig fields (batch_size, lr, margin...), for both trainings.
+    ``retrain_options``: TrainConfig fields for the retraining only, over those (e.g. fewer ``epochs``
+    when it starts from the first model).
     """
     logger = get_run_logger()
     data_options = dict(data_options or {})
@@ -120,6 +123,8 @@ def semi_supervised(
     sizes = [int(s) for s in (distractor_sizes or DEFAULT_SIZES)]
     has_images = data_source != "features"
     train = train_settings(backbone, image_size, epochs, seed, train_options) if has_images else None
+    retrain = train_settings(backbone, image_size, epochs, seed, {**(train_options or {}), **(retrain_options or {})}
+                             ) if has_images else None
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
 
@@ -154,7 +159,7 @@ def semi_supervised(
     final_eval = first_eval
     if has_images and labels != "labelled_only":
         init = first_model if retrain_from == "first_model" else None
-        retrained = result_of(retrain_task, ctx, data, merged, train, init)
+        retrained = result_of(retrain_task, ctx, data, merged, retrain, init)
         new_features = result_of(extract_features_task, ctx, data, retrained, extract_batch_size)
         final_eval = result_of(evaluate_task, ctx, data, new_features, "retrained", sizes, seed)
 
