@@ -20,6 +20,9 @@ Partial FC (``sample_fraction < 1``): each step scores only the classes present 
 plus a random subset of the others, ``ceil(sample_fraction * C)`` centres in all, so the
 softmax costs a fraction of the full one (An et al., "Partial FC", 2021). Here the centre
 matrix itself is not sharded across processes.
+
+Multi-task retraining (:class:`TwoHeadMargin`): one head for the labelled classes and one for
+the pseudo classes on a shared trunk, each row scored by its own set's head.
 """
 
 from __future__ import annotations
@@ -126,6 +129,16 @@ class MarginHead(nn.Module):
         Normalising by the batch size, not by the sum of weights, keeps the loss of a shard
         comparable across processes (DDP averages gradients over equal-sized shards).
         """
+        return self.row_losses(embeddings, labels, weights, generator).mean()
+
+    def row_losses(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``weight_i * CE_i`` of each row [n] (Partial-FC sampled while training); zero rows give an empty tensor."""
         if self.sample_fraction < 1.0 and self.training:
             class_ids, targets = sample_centres(labels, self.num_classes, self.sample_fraction, generator)
             cos = self.cosines(embeddings, class_ids)
@@ -135,4 +148,53 @@ class MarginHead(nn.Module):
         losses = F.cross_entropy(logits, targets, reduction="none")
         if weights is not None:
             losses = losses * weights.to(losses.dtype)
-        return losses.mean()
+        return losses
+
+
+class TwoHeadMargin(nn.Module):
+    """Multi-task margin loss: head ``labelled`` over classes 0..L-1, head ``pseudo`` over L..L+P-1.
+
+    Each row is scored by the head its label falls in (pseudo labels re-based to 0..P-1), so a
+    pseudo class never competes with a labelled class in one softmax: a person present in both
+    sets is not pushed away from himself. The loss is the sum of both heads' weighted CE over
+    their rows divided by the batch size, on the scale of a single :class:`MarginHead`.
+
+    A batch without rows of one head still runs that head, on zero rows: its part of the loss is
+    an empty sum (0) and its centres get a zero gradient, so every parameter takes part in every
+    step (DDP needs no ``find_unused_parameters``). Partial FC samples within each head.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        labelled_classes: int,
+        pseudo_classes: int,
+        kind: str = "arcface",
+        s: float = 64.0,
+        m: float | None = None,
+        easy_margin: bool = False,
+        sample_fraction: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.labelled = MarginHead(embedding_dim, labelled_classes, kind, s, m, easy_margin, sample_fraction)
+        self.pseudo = MarginHead(embedding_dim, pseudo_classes, kind, s, m, easy_margin, sample_fraction)
+        self.num_labelled = labelled_classes
+        self.num_classes = labelled_classes + pseudo_classes
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(sum of the labelled head's row losses + sum of the pseudo head's) / batch size."""
+        if weights is None:
+            weights = torch.ones(len(labels), device=labels.device)
+        is_labelled = labels < self.num_labelled
+        is_pseudo = ~is_labelled
+        labelled = self.labelled.row_losses(embeddings[is_labelled], labels[is_labelled], weights[is_labelled],
+                                            generator)
+        pseudo = self.pseudo.row_losses(embeddings[is_pseudo], labels[is_pseudo] - self.num_labelled,
+                                        weights[is_pseudo], generator)
+        return (labelled.sum() + pseudo.sum()) / len(labels)
