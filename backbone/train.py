@@ -4,6 +4,11 @@
 in a retraining manifest, pseudo classes offset past them), optionally weighting each row's
 loss by a float ``weight`` column (e.g. cluster confidence).
 
+Heads (``TrainConfig.heads``): ``single`` trains one margin head over all classes; ``multi`` (a
+retraining manifest only) trains one head over the labelled classes 0..L-1 (L = 1 + the largest
+label of a ``labelled`` row) and one over the pseudo classes L..C-1, on the shared trunk, batches
+drawn from both sets (see :class:`backbone.margin.TwoHeadMargin`).
+
 Run directory layout (only rank 0 writes):
 
 * ``run.json``: the training config and a fingerprint of the training rows; a run directory
@@ -49,7 +54,7 @@ from backbone.checkpoint import (
     require_same_architecture,
     save_checkpoint,
 )
-from backbone.margin import DEFAULT_MARGIN, MARGINS, MarginHead
+from backbone.margin import DEFAULT_MARGIN, MARGINS, MarginHead, TwoHeadMargin
 from backbone.model import POOLINGS, FaceEmbedder, ModelConfig, build_model
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype, resolve_device
@@ -62,6 +67,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 TRAINING_SPLITS = ("labelled", "unlabelled")  # unlabelled rows carry a label only as pseudo-labels
+HEADS = ("single", "multi")  # one margin head over all classes, or one for the labelled and one for the pseudo set
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "poly")
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
@@ -106,11 +112,13 @@ class TrainConfig:
     seed: int = 0
     init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
     num_classes: int | None = None  # None: 1 + the largest label
+    heads: str = "single"  # "multi": a labelled-set head and a pseudo-set head (retraining manifests)
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
     verbose: bool = True  # progress bar and per-epoch summary line on stderr
 
     def __post_init__(self) -> None:
-        choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS}
+        choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS,
+                   "heads": HEADS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -173,6 +181,7 @@ class TrainingRows:
     labels: np.ndarray  # int64 [n]
     weights: np.ndarray  # float32 [n]
     num_classes: int
+    head_classes: tuple[int, ...]  # (num_classes,) for one head; (labelled, pseudo) class counts for two
 
     def fingerprint(self) -> str:
         """A hash of what is trained on (images, labels, weights): a changed manifest is a new run."""
@@ -184,9 +193,11 @@ class TrainingRows:
         return digest.hexdigest()
 
 
-def select_training_rows(frame: pd.DataFrame, source: str | Path, num_classes: int | None = None) -> TrainingRows:
+def select_training_rows(
+    frame: pd.DataFrame, source: str | Path, num_classes: int | None = None, heads: str = "single"
+) -> TrainingRows:
     """Rows with ``label >= 0`` outside the evaluation splits, checked: labels in range, no empty class,
-    weights finite and >= 0.
+    weights finite and >= 0; with ``heads="multi"`` also the labelled / pseudo class layout.
 
     Probe and distractor rows are never trained on, whatever their label: they are the evaluation set.
     """
@@ -220,7 +231,36 @@ def select_training_rows(frame: pd.DataFrame, source: str | Path, num_classes: i
             raise DataError(source, "column 'weight': every training row has weight 0")
     else:
         weights = np.ones(int(keep.sum()), np.float32)
-    return TrainingRows(frame[keep].reset_index(drop=True), labels[keep], weights, n_classes)
+    kept = frame[keep].reset_index(drop=True)
+    head_classes = (n_classes,) if heads == "single" else _two_head_classes(kept, labels[keep], n_classes, source)
+    return TrainingRows(kept, labels[keep], weights, n_classes, head_classes)
+
+
+def _two_head_classes(rows: pd.DataFrame, labels: np.ndarray, num_classes: int, source: str | Path) -> tuple[int, int]:
+    """(L, P): labelled classes 0..L-1 (each with a ``labelled`` row), pseudo classes L..L+P-1; >= 2 of each.
+
+    A row of the ``unlabelled`` split whose label is a labelled class (the ground-truth upper bound
+    gives a known identity its labelled class) trains the labelled head.
+    """
+    is_labelled = (rows["split"] == "labelled").to_numpy()
+    if not is_labelled.any():
+        raise DataError(source, "heads='multi': no labelled rows (split 'labelled', label >= 0) for the labelled head")
+    n_labelled = int(labels[is_labelled].max()) + 1
+    pseudo_classes = num_classes - n_labelled
+    if pseudo_classes == 0:
+        raise DataError(source, f"heads='multi': no pseudo-labelled rows (split 'unlabelled' with a label past the "
+                                f"{n_labelled} labelled classes) for the pseudo head; train with heads='single'")
+    inside = np.setdiff1d(np.arange(n_labelled), labels[is_labelled])
+    if len(inside):
+        raise DataError(
+            source,
+            f"heads='multi': class(es) {inside[:10].tolist()} (first 10 shown) lie inside the labelled range "
+            f"0..{n_labelled - 1} but have no 'labelled' row: pseudo classes must be offset past the labelled ones",
+        )
+    for name, count in (("labelled", n_labelled), ("pseudo", pseudo_classes)):
+        if count < 2:
+            raise DataError(source, f"heads='multi': {count} {name} class; each head needs at least 2 classes")
+    return n_labelled, pseudo_classes
 
 
 class _EpochSeededRows(Dataset):
@@ -277,9 +317,9 @@ def setup_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
 
 
 class MarginModel(nn.Module):
-    """Embedder + margin head; ``forward`` returns the loss (the unit DDP wraps)."""
+    """Embedder + margin head (one or two); ``forward`` returns the loss (the unit DDP wraps)."""
 
-    def __init__(self, embedder: FaceEmbedder, head: MarginHead) -> None:
+    def __init__(self, embedder: FaceEmbedder, head: MarginHead | TwoHeadMargin) -> None:
         super().__init__()
         self.embedder, self.head = embedder, head
 
@@ -392,17 +432,21 @@ def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
         if not init.is_file():
             raise DataError(init, "init checkpoint not found (TrainConfig.init: a backbone checkpoint or 'scratch')")
         init_digest = _file_digest(init)
-    return {"train_config": config.to_dict(), "num_classes": rows.num_classes, "num_images": len(rows.labels),
+    return {"train_config": config.to_dict(), "num_classes": rows.num_classes,
+            "head_classes": list(rows.head_classes), "num_images": len(rows.labels),
             "rows_fingerprint": rows.fingerprint(), "init_sha256": init_digest}
 
 
 def _identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     diffs = []
-    old_cfg, new_cfg = found.get("train_config", {}), wanted["train_config"]
+    # a field added to TrainConfig after a run was written had its default value there
+    old_cfg = {**{f.name: f.default for f in fields(TrainConfig)}, **found.get("train_config", {})}
+    new_cfg = wanted["train_config"]
     for key in sorted(set(old_cfg) | set(new_cfg)):
         if key not in RUNTIME_FIELDS and old_cfg.get(key) != new_cfg.get(key):
             diffs.append(f"{key}: {old_cfg.get(key)!r} there, {new_cfg.get(key)!r} now")
-    for key in ("num_classes", "num_images"):
+    found = {"head_classes": [found.get("num_classes")], **found}  # runs written before two heads existed
+    for key in ("num_classes", "head_classes", "num_images"):
         if found.get(key) != wanted[key]:
             diffs.append(f"{key}: {found.get(key)!r} there, {wanted[key]!r} now")
     if found.get("rows_fingerprint") != wanted["rows_fingerprint"]:
@@ -456,7 +500,7 @@ def train_backbone(
     calls this; each trains on its shard and rank 0 writes.
     """
     manifest_path, run_dir = Path(manifest_path), Path(run_dir)
-    rows = select_training_rows(read_manifest(manifest_path), manifest_path, config.num_classes)
+    rows = select_training_rows(read_manifest(manifest_path), manifest_path, config.num_classes, config.heads)
     identity = _run_identity(config, rows)
     finished = check_run_dir(run_dir, identity)
     if finished is not None:
@@ -483,7 +527,9 @@ def train_backbone(
             dist.destroy_process_group()
 
 
-def _build(config: TrainConfig, rows: TrainingRows, device: torch.device) -> tuple[FaceEmbedder, MarginHead]:
+def _build(
+    config: TrainConfig, rows: TrainingRows, device: torch.device
+) -> tuple[FaceEmbedder, MarginHead | TwoHeadMargin]:
     seed_everything(config.seed)
     embedder = build_model(config.model_config(), device)
     if config.init != "scratch":
@@ -491,9 +537,12 @@ def _build(config: TrainConfig, rows: TrainingRows, device: torch.device) -> tup
         payload = load_checkpoint(source)
         require_same_architecture(config.model_config(), checkpoint_model_config(payload, source), source)
         load_embedder_state(embedder, payload["model"], source)
-    head = MarginHead(config.embedding_dim, rows.num_classes, config.margin, config.s, config.resolved_m,
-                      config.easy_margin, config.sample_fraction).to(device)
-    return embedder, head
+    margin = (config.margin, config.s, config.resolved_m, config.easy_margin, config.sample_fraction)
+    if config.heads == "multi":
+        head = TwoHeadMargin(config.embedding_dim, *rows.head_classes, *margin)
+    else:
+        head = MarginHead(config.embedding_dim, rows.num_classes, *margin)
+    return embedder, head.to(device)
 
 
 def _make_loader(config, rows, image_root, record_file, world, per_rank_batch, device):
@@ -529,9 +578,10 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
         state = load_checkpoint(checkpoint_path)
         require_same_architecture(config.model_config(), checkpoint_model_config(state, checkpoint_path),
                                   checkpoint_path)
-        if state["num_classes"] != rows.num_classes:
-            raise ConfigError(f"{checkpoint_path}: checkpoint has {state['num_classes']} classes, "
-                              f"{manifest_path} has {rows.num_classes}")
+        found_heads = tuple(state.get("head_classes", [state["num_classes"]]))
+        if found_heads != rows.head_classes:
+            raise ConfigError(f"{checkpoint_path}: checkpoint has classes {list(found_heads)} per head, "
+                              f"{manifest_path} has {list(rows.head_classes)}")
         load_embedder_state(embedder, state["model"], checkpoint_path)
         head.load_state_dict(state["margin"])
         optimizer.load_state_dict(state["optimizer"])
@@ -591,7 +641,8 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
 
 def _model_payload(config, embedder, head, rows, epoch, step, history) -> dict[str, Any]:
     return {"model_config": config.model_config().to_dict(), "model": embedder.state_dict(),
-            "num_classes": rows.num_classes, "margin": head.state_dict(), "train_config": config.to_dict(),
+            "num_classes": rows.num_classes, "head_classes": list(rows.head_classes),
+            "margin": head.state_dict(), "train_config": config.to_dict(),
             "epoch": epoch, "step": step, "history": history}
 
 
