@@ -112,7 +112,8 @@ def semi_supervised(
     ``data_options``: DemoConfig fields (demo), split shares (folder / recordio), part names (features).
     ``train_options``: further TrainConfig fields (batch_size, lr, margin...), for both trainings.
     ``retrain_options``: TrainConfig fields for the retraining only, over those (e.g. fewer ``epochs``
-    when it starts from the first model).
+    when it starts from the first model); ``{"heads": "multi"}`` retrains with two margin heads, one for
+    the labelled and one for the pseudo-labelled set (default ``"single"``: one head over both).
     """
     logger = get_run_logger()
     data_options = dict(data_options or {})
