@@ -19,7 +19,8 @@ def load_features(path: str | Path, dim: int | None = None, mmap: bool = True) -
     """Read features from ``.npy`` or raw ``.bin`` (float32, N x D, no header).
 
     ``dim`` is checked against ``.npy`` files and required-or-inferred for ``.bin``: when None
-    a ``.bin`` is read with D = 256. Errors name the file and the problem.
+    and the ``.bin`` has a label file (see ``meta_for``), D = bytes / (4 x labels); otherwise
+    D = 256. Errors name the file and the problem.
     """
     path = Path(path)
     if not path.is_file():
@@ -37,8 +38,8 @@ def load_features(path: str | Path, dim: int | None = None, mmap: bool = True) -
             raise DataError(path, f"expected float32 features, found {array.dtype}")
         return array
     if path.suffix == ".bin":
-        dim = FEATURE_DIM if dim is None else dim
         size = path.stat().st_size
+        dim = _bin_dim(path, size) if dim is None else dim
         row_bytes = 4 * dim
         if size == 0 or size % row_bytes:
             raise DataError(
@@ -49,6 +50,28 @@ def load_features(path: str | Path, dim: int | None = None, mmap: bool = True) -
             return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
         return np.fromfile(path, dtype=np.float32).reshape(n, dim)
     raise DataError(path, f"unknown feature file type {path.suffix!r} (expected .npy or .bin)")
+
+
+def meta_for(bin_path: str | Path) -> Path | None:
+    """The label file of a learn-to-cluster ``.bin``: ``<stem>.meta`` beside it or in ``../labels/``."""
+    bin_path = Path(bin_path)
+    for candidate in (bin_path.with_suffix(".meta"), bin_path.parent.parent / "labels" / f"{bin_path.stem}.meta"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bin_dim(path: Path, size: int) -> int:
+    """D of a headerless ``.bin`` from its label count (one label a row), else the default 256."""
+    meta = meta_for(path)
+    if meta is None:
+        return FEATURE_DIM
+    with open(meta, "rb") as handle:
+        rows = sum(1 for line in handle if line.strip())
+    if rows == 0 or size % (4 * rows):
+        raise DataError(path, f"{size} bytes do not hold {rows} float32 rows (one per label of {meta}); "
+                              f"pass the feature dimension explicitly")
+    return size // (4 * rows)
 
 
 def save_features(path: str | Path, features: np.ndarray) -> Path:

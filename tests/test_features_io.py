@@ -37,6 +37,23 @@ def test_bin_dimension_defaults_to_256(tmp_path: Path):
     assert load_features(tmp_path / "f.bin").shape == (3, 256)
 
 
+@pytest.mark.parametrize("meta", ["f.meta", "../labels/f.meta"])
+def test_bin_dimension_is_inferred_from_its_label_file(tmp_path: Path, meta: str):
+    features = np.random.default_rng(0).standard_normal((5, 48)).astype(np.float32)
+    (tmp_path / "features").mkdir()
+    save_features(tmp_path / "features" / "f.bin", features)
+    (tmp_path / "features" / meta).parent.mkdir(exist_ok=True)
+    save_meta(tmp_path / "features" / meta, np.arange(5))
+    np.testing.assert_array_equal(load_features(tmp_path / "features" / "f.bin"), features)
+
+
+def test_bin_that_does_not_match_its_label_file_names_both(tmp_path: Path):
+    save_features(tmp_path / "f.bin", np.ones((5, 48), np.float32))
+    save_meta(tmp_path / "f.meta", np.arange(7))
+    with pytest.raises(DataError, match=r"f\.bin.*7 float32 rows.*f\.meta"):
+        load_features(tmp_path / "f.bin")
+
+
 def test_bin_size_that_does_not_divide_names_the_numbers(tmp_path: Path, features: np.ndarray):
     save_features(tmp_path / "f.bin", features)  # 7 x 16 floats = 448 bytes
     with pytest.raises(DataError, match=r"448 bytes is not a whole number of float32 rows of dimension 10 \(40 bytes"):
