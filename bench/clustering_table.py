@@ -75,14 +75,21 @@ def benchmark_case(train_ids: int, test_ids: int, dim: int, seed: int, methods: 
     return {"title": title, **frame.attrs, "results": frame.to_dict("records")}
 
 
-def real_case(data_dir: Path, cache_dir: Path, methods: tuple[str, ...]) -> dict:
-    """The harness on real-folder features (backbone part / labelled part / unlabelled part by identity)."""
-    from bench.real_face_features import real_face_features
+def real_case(data_dir: Path, cache_dir: Path, methods: tuple[str, ...], backbone_epochs: int | None = None) -> dict:
+    """The harness on real-folder features (backbone part / labelled part / unlabelled part by identity);
+    ``backbone_epochs`` overrides the CPU backbone recipe's epochs (a separate feature cache)."""
+    from dataclasses import replace
 
-    feats = real_face_features(data_dir, cache_dir, progress=True)
+    from bench.real_face_features import RealFaceConfig, real_face_features
+
+    config = RealFaceConfig()
+    if backbone_epochs is not None:
+        config = replace(config, backbone=replace(config.backbone, epochs=backbone_epochs))
+    feats = real_face_features(data_dir, cache_dir, config, progress=True)
     frame = with_gains(run_harness(methods, feats.labelled_features, feats.labelled_labels, feats.unlabelled_features,
                                    feats.unlabelled_labels, K, method_params=method_params(methods), progress=True))
-    title = (f"Real face folders (lfw + yale_b + orl), backbone features: fitted on "
+    title = (f"Real face folders (lfw + yale_b + orl), features of a {config.backbone.trunk} backbone trained "
+             f"{config.backbone.epochs} epochs: fitted on "
              f"{len(np.unique(feats.labelled_labels))} labelled identities ({len(feats.labelled_labels)} images), "
              f"clustering {len(np.unique(feats.unlabelled_labels))} unseen ({len(feats.unlabelled_labels)} images)")
     print_table(title, frame)
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding lfw/, yale_b/, orl/")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="real-folder feature cache")
+    parser.add_argument("--real-backbone-epochs", type=int, help="epochs of the real-folder backbone "
+                        "(default: the CPU recipe's 12; another value trains and caches another backbone)")
     parser.add_argument("--skip-benchmark", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 when the 2 cores are shared)")
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         report["real"] = {"skipped": f"{data} not found"}
         print(f"\nreal face folders skipped: {data} not found")
     else:
-        report["real"] = real_case(data, Path(args.cache), methods)
+        report["real"] = real_case(data, Path(args.cache), methods, args.real_backbone_epochs)
     report["seconds"] = time.perf_counter() - started
     save_json(RESULTS, report)
     print(f"\nwrote {RESULTS} ({report['seconds']:.0f} s)")
