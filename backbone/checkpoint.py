@@ -1,7 +1,9 @@
 """Backbone checkpoints: one ``.pt`` dict, written atomically, read with ``weights_only=True``.
 
 Keys: ``format``, ``model_config`` (dict of :class:`ModelConfig`), ``model`` (embedder state_dict),
-``num_classes``, ``margin`` (class-centre state_dict), ``epoch``, ``step``, ``finished``; epoch
+``num_classes``, ``head_classes`` (classes per margin head: one entry, or labelled and pseudo counts
+for two-head training), ``margin`` (class-centre state_dict of the head or heads), ``epoch``, ``step``,
+``finished``; epoch
 checkpoints add the optimizer, grad-scaler and RNG states needed for an exact resume.
 """
 

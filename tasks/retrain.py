@@ -1,4 +1,5 @@
-"""Stage 8, retrain the backbone on labelled + pseudo-labelled rows (the merge stage's manifest)."""
+"""Stage 8, retrain the backbone on labelled + pseudo-labelled rows (the merge stage's manifest),
+with one margin head over both or, with ``heads="multi"`` in the retraining settings, one head each."""
 
 from __future__ import annotations
 
