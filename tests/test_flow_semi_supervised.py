@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
@@ -98,6 +99,18 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
     states = task_states(third.state_details.flow_run_id)
     assert len(states) == 9 and sum(len(v) for v in states.values()) == 12
     assert {s for runs in states.values() for s in runs} == {"Cached"}
+
+    # Two-head retraining on the ground-truth merge (the tiny clustering may keep a single pseudo class,
+    # and a head needs two): the first model and data come from the cache, the retraining runs.
+    fourth = semi_supervised(run_dir=str(run_dir), **TINY, labels="ground_truth",
+                             retrain_options={"heads": "multi"}, return_state=True)
+    upper = fourth.result()
+    states = task_states(fourth.state_details.flow_run_id)
+    assert set(states["train-backbone"]) == {"Cached"} and states["retrain"] == ["Completed"]
+    retrained = max((run_dir / "stages").glob("retrain-*/**/model.pt"), key=lambda p: p.stat().st_mtime_ns)
+    payload = torch.load(retrained, map_location="cpu", weights_only=True)
+    assert list(payload["head_classes"]) == [6, upper["n_pseudo_classes"]]
+    assert set(payload["margin"]) == {"labelled.weight", "pseudo.weight"}
 
 
 @pytest.mark.parametrize(
