@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from backbone.margin import MarginHead
@@ -55,10 +54,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_step_matches_single_process_gradients(tmp_path):
-    # fork, not spawn: a spawned child re-imports torch and timm (10-40 s each on a loaded 2-core
-    # machine); the forked one runs single-threaded, as DataLoader workers do.
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+def test_ddp_step_matches_single_process_gradients(tmp_path, run_ddp_workers):
+    # the forked ranks run single-threaded, as DataLoader workers do
+    run_ddp_workers(__file__, "_worker", _free_port(), str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
     # Single process, the same two shards. Without SyncBatchNorm (no CPU kernel) each DDP rank
@@ -96,15 +94,14 @@ def _train_worker(rank: int, port: int, manifest: str, run_dir: str, out_dir: st
                Path(out_dir) / f"train{rank}.pt")
 
 
-def test_train_backbone_under_two_processes_shards_the_data_and_only_rank0_writes(tmp_path):
+def test_train_backbone_under_two_processes_shards_the_data_and_only_rank0_writes(tmp_path, run_ddp_workers):
     from backbone.checkpoint import load_checkpoint
     from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 
     demo = DemoConfig(n_labelled_ids=4, n_unlabelled_ids=0, n_probe_ids=0, n_distractor_ids=0, images_per_id=8,
                       image_size=32)
     manifest = generate_demo_dataset(tmp_path / "faces", demo)
-    mp.start_processes(_train_worker, args=(_free_port(), str(manifest), str(tmp_path / "run"), str(tmp_path)),
-                       nprocs=2, join=True, start_method="fork")
+    run_ddp_workers(__file__, "_train_worker", _free_port(), str(manifest), str(tmp_path / "run"), str(tmp_path))
     ranks = [torch.load(tmp_path / f"train{r}.pt") for r in (0, 1)]
     assert ranks[0]["model"] == ranks[1]["model"] == str(tmp_path / "run" / "model.pt")
     assert all(r["group_left"] for r in ranks)  # the process group it created is destroyed again

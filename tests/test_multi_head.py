@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import backbone.train as train_module
@@ -291,8 +290,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_steps_with_a_shard_without_pseudo_rows(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+def test_ddp_steps_with_a_shard_without_pseudo_rows(tmp_path, run_ddp_workers):
+    run_ddp_workers(__file__, "_worker", _free_port(), str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"] and all(math.isfinite(x) for x in ranks[0]["losses"])
     start = dict(_tiny_model().named_parameters())
