@@ -23,7 +23,8 @@ from tasks.stage_cache import StageResult, StageSpec
 
 SOURCES = ("demo", "folder", "recordio", "features")
 # learn-to-cluster layout: <root>/features/<part>.bin and <root>/labels/<part>.meta
-FEATURE_OPTIONS = {"labelled_part": "part0_train", "unlabelled_part": "part1_test", "dim": 256}
+# dim None: each part's dimension is read from its .bin size and its .meta's label count.
+FEATURE_OPTIONS = {"labelled_part": "part0_train", "unlabelled_part": "part1_test", "dim": None}
 # folder / RecordIO sources hold labelled identities only: they are split by identity into the four
 # roles (shares of the identities; probe identities need >= 2 images). "verify" decodes every image
 # of a folder once (corrupt files are named); "max_identities" keeps a random subset (for trials).
@@ -122,12 +123,13 @@ def _prepare_features(folder: Path, external: dict[str, str], options: dict[str,
 
     The unlabelled part's labels are kept only as ground-truth identities (for clustering metrics).
     """
-    dim = int(options["dim"])
-    blocks, frames = [], []
+    wanted = None if options["dim"] is None else int(options["dim"])
+    dim, blocks, frames = wanted, [], []
     for role in ("labelled", "unlabelled"):
         feats_path, meta_path = Path(external[f"{role}_features"]), Path(external[f"{role}_labels"])
-        feats = load_features(feats_path, dim=dim, mmap=True)
+        feats = load_features(feats_path, dim=wanted, mmap=True)
         check_features(feats, feats_path, dim)
+        dim = feats.shape[1]  # the unlabelled part must have the labelled part's dimension
         labels = load_meta(meta_path, expected=len(feats))
         blocks.append(l2_normalize(feats))
         part = options[f"{role}_part"]
