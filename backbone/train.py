@@ -259,7 +259,8 @@ def _two_head_classes(rows: pd.DataFrame, labels: np.ndarray, num_classes: int, 
         )
     for name, count in (("labelled", n_labelled), ("pseudo", pseudo_classes)):
         if count < 2:
-            raise DataError(source, f"heads='multi': {count} {name} class; each head needs at least 2 classes (with too few pseudo clusters kept, retrain with heads='single')")
+            raise DataError(source, f"heads='multi': {count} {name} class; each head needs at least 2 classes "
+                                    f"(with too few pseudo clusters kept, retrain with heads='single')")
     return n_labelled, pseudo_classes
 
 

@@ -82,9 +82,9 @@ def compare_ratios(
     common = dict(
         data_source=data_source, data_path=data_path, data_options=data_options, method=method,
         method_params=method_params, backbone=backbone, image_size=image_size, epochs=epochs,
-        train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k, min_cluster_size=min_cluster_size,
-        min_confidence=min_confidence, distractor_sizes=distractor_sizes, extract_batch_size=extract_batch_size,
-        device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
+        train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k,
+        min_cluster_size=min_cluster_size, min_confidence=min_confidence, distractor_sizes=distractor_sizes,
+        extract_batch_size=extract_batch_size, device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
     )
     wanted = list(ratios or [1.0, 3.0, 5.0])
     if not wanted or any(not r > 0 for r in wanted):

@@ -5,12 +5,46 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+class TrainingKilled(Exception):
+    """Raised by ``killed_after_steps`` in place of an optimisation step (a killed process)."""
+
+
+@pytest.fixture
+def killed_after_steps(monkeypatch):
+    """``with killed_after_steps(n): train_backbone(...)``: the run dies (TrainingKilled) instead of
+    taking its step n+1, as a killed process would; the block asserts that it died."""
+    import backbone.train as train_module
+
+    real_step = train_module.train_step
+
+    @contextmanager
+    def killed(steps: int) -> Iterator[None]:
+        calls = []
+
+        def dies(*args, **kwargs):
+            if len(calls) == steps:
+                raise TrainingKilled
+            calls.append(1)
+            return real_step(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "train_step", dies)
+        try:
+            with pytest.raises(TrainingKilled):
+                yield
+        finally:
+            monkeypatch.setattr(train_module, "train_step", real_step)
+
+    return killed
 
 
 @pytest.fixture(scope="session")
@@ -21,21 +55,33 @@ def shared_data_dir() -> Path:
     return SHARED_DATA
 
 
-# Run by ``run_ddp_workers`` in a fresh interpreter: load the test module, fork its worker twice.
+# Run by ``run_ddp_workers`` in a fresh interpreter: load the test module, fork its worker twice,
+# each rank with the torch.distributed environment of a 2-process group on a free local port.
 _FORK_WORKERS = """
-import json, runpy, sys
+import json, os, runpy, socket, sys
+import torch
 import torch.multiprocessing as mp
 worker = runpy.run_path(sys.argv[1])[sys.argv[2]]
-mp.start_processes(worker, args=tuple(json.loads(sys.argv[3])), nprocs=2, join=True, start_method="fork")
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+def rank_main(rank, *args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    worker(rank, *args)
+
+mp.start_processes(rank_main, args=tuple(json.loads(sys.argv[3])), nprocs=2, join=True, start_method="fork")
 """
 
 
 @pytest.fixture
 def run_ddp_workers():
-    """``run(test_file, worker_name, *args)``: two DDP ranks of ``worker(rank, *args)``, forked from a
-    fresh interpreter. Forked from pytest itself they inherit whatever earlier tests left running
-    (Prefect's test server threads made a rank exit with code 1); spawned, each would re-import
-    torch and timm (10-40 s on a loaded 2-core machine)."""
+    """``run(test_file, worker_name, *args)``: ``worker(rank, *args)`` as the two ranks of a DDP group
+    (environment set, one torch thread each), forked from a fresh interpreter. Forked from pytest
+    itself they inherit whatever earlier tests left running (Prefect's test server threads made a
+    rank exit with code 1); spawned, each would re-import torch and timm (10-40 s on 2 busy cores)."""
 
     def run(test_file: str, worker_name: str, *args: object) -> None:
         done = subprocess.run([sys.executable, "-c", _FORK_WORKERS, test_file, worker_name, json.dumps(args)],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -31,10 +29,7 @@ def _shards() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     return [(images[i : i + 4], labels[i : i + 4], weights[i : i + 4]) for i in (0, 4)]
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, out_dir: str) -> None:
     world, device = setup_distributed("cpu")
     assert (world.rank, world.world_size, world.owns_group) == (rank, 2, True)
     model = _tiny_model()
@@ -48,15 +43,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_ddp_step_matches_single_process_gradients(tmp_path, run_ddp_workers):
     # the forked ranks run single-threaded, as DataLoader workers do
-    run_ddp_workers(__file__, "_worker", _free_port(), str(tmp_path))
+    run_ddp_workers(__file__, "_worker", str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
     # Single process, the same two shards. Without SyncBatchNorm (no CPU kernel) each DDP rank
@@ -80,12 +70,9 @@ def test_ddp_step_matches_single_process_gradients(tmp_path, run_ddp_workers):
     assert changed  # the step did update the weights
 
 
-def _train_worker(rank: int, port: int, manifest: str, run_dir: str, out_dir: str) -> None:
+def _train_worker(rank: int, manifest: str, run_dir: str, out_dir: str) -> None:
     from backbone.train import train_backbone
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
     config = TrainConfig(trunk="test_resnet", image_size=32, embedding_dim=16, epochs=2, batch_size=16,
                          num_workers=0, device="cpu", verbose=False)
     epochs: list[dict] = []
@@ -101,7 +88,7 @@ def test_train_backbone_under_two_processes_shards_the_data_and_only_rank0_write
     demo = DemoConfig(n_labelled_ids=4, n_unlabelled_ids=0, n_probe_ids=0, n_distractor_ids=0, images_per_id=8,
                       image_size=32)
     manifest = generate_demo_dataset(tmp_path / "faces", demo)
-    run_ddp_workers(__file__, "_train_worker", _free_port(), str(manifest), str(tmp_path / "run"), str(tmp_path))
+    run_ddp_workers(__file__, "_train_worker", str(manifest), str(tmp_path / "run"), str(tmp_path))
     ranks = [torch.load(tmp_path / f"train{r}.pt") for r in (0, 1)]
     assert ranks[0]["model"] == ranks[1]["model"] == str(tmp_path / "run" / "model.pt")
     assert all(r["group_left"] for r in ranks)  # the process group it created is destroyed again

@@ -107,28 +107,14 @@ def test_finished_run_dir_is_reused_and_never_overwritten(trained, demo):
 
 
 def test_kill_and_resume_gives_the_uninterrupted_loss_curve_and_weights(small_manifest, demo, tmp_path,
-                                                                         monkeypatch):
+                                                                         killed_after_steps):
     straight = train_backbone(small_manifest, demo.parent, tmp_path / "straight", SHORT)
-
-    class Killed(Exception):
-        pass
-
-    real_step, calls = train_module.train_step, []
-
-    def dies_in_epoch_two(*args, **kwargs):
-        if len(calls) == 6:  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
-            raise Killed
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", dies_in_epoch_two)
-    with pytest.raises(Killed):
+    with killed_after_steps(6):  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
         train_backbone(small_manifest, demo.parent, tmp_path / "resumed", SHORT)
     checkpoint = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["finished"]) == (1, 4, False)
     assert not (tmp_path / "resumed" / "model.pt").exists()
 
-    monkeypatch.setattr(train_module, "train_step", real_step)
     resumed = train_backbone(small_manifest, demo.parent, tmp_path / "resumed", SHORT)
     history_straight, history_resumed = (load_checkpoint(p)["history"] for p in (straight, resumed))
     assert [e["loss"] for e in history_resumed] == [e["loss"] for e in history_straight]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import backbone.train as train_module
 from backbone.checkpoint import load_checkpoint, load_embedder
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 from backbone.extract import extract_features
@@ -223,25 +220,11 @@ def test_a_run_dir_written_before_two_heads_existed_is_still_reused(multi_manife
 
 
 def test_killed_multi_run_resumes_to_the_uninterrupted_weights(multi_run, multi_manifest, demo, tmp_path,
-                                                               monkeypatch):
+                                                               killed_after_steps):
     straight, _ = multi_run
-
-    class Killed(Exception):
-        pass
-
-    real_step, calls = train_module.train_step, []
-
-    def dies_in_epoch_two(*args, **kwargs):
-        if len(calls) == 6:  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
-            raise Killed
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", dies_in_epoch_two)
-    with pytest.raises(Killed):
+    with killed_after_steps(6):  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
         train_backbone(multi_manifest, demo.parent, tmp_path / "resumed", MULTI)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["head_classes"] == [4, 4]
-    monkeypatch.setattr(train_module, "train_step", real_step)
     resumed = train_backbone(multi_manifest, demo.parent, tmp_path / "resumed", MULTI)
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
@@ -268,10 +251,7 @@ def _shards() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     return [(images[i : i + 4], labels[i : i + 4], torch.ones(4)) for i in (0, 4)]
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, out_dir: str) -> None:
     _, device = setup_distributed("cpu")
     model = _tiny_model()
     ddp = DistributedDataParallel(model)
@@ -284,14 +264,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_ddp_steps_with_a_shard_without_pseudo_rows(tmp_path, run_ddp_workers):
-    run_ddp_workers(__file__, "_worker", _free_port(), str(tmp_path))
+    run_ddp_workers(__file__, "_worker", str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"] and all(math.isfinite(x) for x in ranks[0]["losses"])
     start = dict(_tiny_model().named_parameters())
