@@ -33,8 +33,6 @@ CASES = [ModelConfig(trunk="resnet50", image_size=112), DEMO_MODEL]
 NUM_CLASSES = 1000
 
 
-
-
 def _timed(fn, warmup: int, iters: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()

@@ -1,7 +1,7 @@
 """From per-node neighbour probabilities to undirected weighted links (shared by FaceT and Clusformer).
 
-Centre i's row (its sequence, or its hop1 neighbours) gives, for each element j, p(i -> j) = P(j has i's identity). A pair (i, j) may be
-scored from both sides (each in the other's sequence) or from one. The link rule turns the one or two
+Centre i's row (its sequence, or its hop1 neighbours) gives, for each element j, p(i -> j) = P(j has
+i's identity). A pair (i, j) may be scored from both sides (each in the other's row) or from one. The link rule turns the one or two
 directed scores into one undirected weight:
 
 - ``any``: the larger score (a link when either side passes tau);
