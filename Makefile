@@ -2,18 +2,33 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Which faiss build the venv gets: cpu (default) or gpu (`make install-gpu` on a CUDA machine).
+FAISS  ?= $(shell cat $(VENV)/.faiss 2>/dev/null || echo cpu)
+STAMP  := $(VENV)/.installed-$(FAISS)
 
-.PHONY: demo test test-all lint bench clean-venv
+.PHONY: install install-gpu check-gpu demo test test-all lint bench clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 
-# Re-install only when pyproject.toml changes.
+# Re-install when pyproject.toml or the faiss choice changes. faiss-cpu and the GPU build share
+# the faiss/ package, so every faiss build is removed before the chosen one goes in.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip uninstall --quiet -y faiss-cpu faiss-gpu faiss-gpu-cu12 faiss-gpu-cu11 2>/dev/null || true
+	$(PY) -m pip install --quiet -e '.[$(FAISS),dev]'
+	rm -f $(VENV)/.installed-*
+	echo $(FAISS) > $(VENV)/.faiss
 	touch $(STAMP)
+
+install: $(STAMP)
+
+install-gpu:
+	$(MAKE) install FAISS=gpu
+	$(PY) -m semiface.faiss_backend
+
+check-gpu: $(STAMP)
+	$(PY) -m semiface.faiss_backend
 
 demo: $(STAMP)
 	$(PY) -m flows.demo

@@ -1,7 +1,9 @@
 """kNN graph of L2-normalised features (cosine similarity), the input of every clustering method.
 
 ``KnnGraph``: ``nbrs`` int64 [N, k] and ``sims`` float32 [N, k], each row sorted by decreasing
-similarity with the query itself first; saved as ``knn.npz``. ``build_knn`` computes it with faiss.
+similarity with the query itself first; saved as ``knn.npz``. ``build_knn`` computes it with faiss,
+or with exact torch search on CUDA when no working GPU faiss is installed
+(``semiface.faiss_backend.knn_backend``).
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
+import torch
 
+from clustering.torch_knn import torch_exact_knn
 from semiface.atomic import save_npz
+from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
+from semiface.faiss_backend import import_faiss, knn_backend
 from semiface.features import check_features, l2_normalize
 
 log = logging.getLogger(__name__)
 
 # Train the IVF coarse quantizer on at most this many points per list (faiss warns below 39).
 _IVF_TRAIN_POINTS_PER_LIST = 64
+# GPU faiss refuses nprobe above this (CUDA top-k limit); IVF re-searches are capped at it.
+GPU_MAX_NPROBE = 2048
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,9 @@ def build_knn(
     Rows are L2-normalised here chunk by chunk (the input, which may be a memory map, is never
     copied whole nor modified). N < ``exact_threshold``: exact inner-product search
     (``IndexFlatIP``); otherwise IVF-Flat with ``nlist`` lists (default ~4 sqrt(N)) searched over
-    ``nprobe`` lists, the recall knob. faiss runs on the GPU when ``device`` is ``auto`` or ``cuda``
-    and faiss sees a GPU, else on the CPU.
+    ``nprobe`` lists, the recall knob. On CUDA (``device`` ``auto``/``cuda``/``cuda:N`` with a GPU in
+    torch) the search runs on that GPU: with faiss when a working GPU build is installed, else
+    exact on torch at any N (``clustering.torch_knn``); otherwise with faiss on the CPU.
 
     Peak memory, beyond the input: the index (N*D*4 bytes; IVF adds 8 bytes a row) + the result
     (N*k*12 bytes) + one query chunk (``chunk_size``*(D + 2k)*4 bytes, ~100 MB for the defaults
@@ -110,45 +118,46 @@ def build_knn(
         raise DataError("features", f"k={k} neighbours asked for but there are only N={n} rows")
     if chunk_size < 1:
         raise ConfigError(f"build_knn: chunk_size must be >= 1, got {chunk_size}")
-    use_gpu = _use_faiss_gpu(device)
+    backend = knn_backend(device)
+    if backend == "torch-cuda":
+        nbrs, sims = torch_exact_knn(features, k, _cuda_device(device))
+        nbrs, sims = _put_self_first(nbrs, sims, np.arange(n))
+        return KnnGraph(nbrs=nbrs, sims=sims)
+    faiss = import_faiss()
+    gpu = _cuda_device(device).index if backend == "faiss-gpu" else None
     exact = n < exact_threshold
-    index = _flat_index(dim, use_gpu) if exact else _ivf_index(features, nlist, nprobe, use_gpu)
+    index = _flat_index(faiss, dim, gpu) if exact else _ivf_index(faiss, features, nlist, nprobe, gpu)
     for start in range(0, n, chunk_size):
         index.add(_normalised_rows(features, start, chunk_size))
 
     nbrs = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
+    max_nprobe = GPU_MAX_NPROBE if gpu is not None else None
     for start in range(0, n, chunk_size):
         queries = _normalised_rows(features, start, chunk_size)
         chunk_sims, chunk_nbrs = index.search(queries, k)
         if not exact:
-            _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs)
+            _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs, max_nprobe)
         stop = start + len(queries)
         nbrs[start:stop], sims[start:stop] = _put_self_first(chunk_nbrs, chunk_sims, np.arange(start, stop))
     return KnnGraph(nbrs=nbrs, sims=sims)
 
 
-def _use_faiss_gpu(device: str) -> bool:
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ConfigError(f"build_knn: unknown device {device!r} (use auto, cpu or cuda)")
-    if device == "cpu":
-        return False
-    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if device.startswith("cuda") and not has_gpu:
-        log.warning("build_knn: device=%s asked for but faiss sees no GPU (faiss-cpu installed?); using CPU", device)
-    return has_gpu
+def _cuda_device(device: str) -> torch.device:
+    """The CUDA device ``device`` names (``auto``/``cuda`` = the current one)."""
+    resolved = resolve_device("cuda" if device == "auto" else device)
+    return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
-def _to_gpu(index: faiss.Index) -> faiss.Index:
-    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+def _to_gpu(faiss, index, gpu: int | None):
+    return index if gpu is None else faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
 
 
-def _flat_index(dim: int, use_gpu: bool) -> faiss.Index:
-    index = faiss.IndexFlatIP(dim)
-    return _to_gpu(index) if use_gpu else index
+def _flat_index(faiss, dim: int, gpu: int | None):
+    return _to_gpu(faiss, faiss.IndexFlatIP(dim), gpu)
 
 
-def _ivf_index(features: np.ndarray, nlist: int | None, nprobe: int, use_gpu: bool) -> faiss.Index:
+def _ivf_index(faiss, features: np.ndarray, nlist: int | None, nprobe: int, gpu: int | None):
     n, dim = features.shape
     if nlist is None:
         nlist = int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
@@ -156,13 +165,11 @@ def _ivf_index(features: np.ndarray, nlist: int | None, nprobe: int, use_gpu: bo
         raise ConfigError(f"build_knn: nlist={nlist} must be between 1 and N={n}")
     if nprobe < 1:
         raise ConfigError(f"build_knn: nprobe must be >= 1, got {nprobe}")
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    if use_gpu:
-        index = _to_gpu(index)
+    index = _to_gpu(faiss, faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT), gpu)
     n_train = min(n, _IVF_TRAIN_POINTS_PER_LIST * nlist)
     rows = np.sort(np.random.default_rng(0).choice(n, size=n_train, replace=False))
     index.train(l2_normalize(features[rows]))
-    index.nprobe = min(nprobe, nlist)  # IndexIVF and GpuIndexIVF share this attribute
+    index.nprobe = min(nprobe, nlist, GPU_MAX_NPROBE if gpu is not None else nlist)  # IndexIVF and GpuIndexIVF share it
     return index
 
 
@@ -170,13 +177,16 @@ def _normalised_rows(features: np.ndarray, start: int, chunk_size: int) -> np.nd
     return np.ascontiguousarray(l2_normalize(features[start : start + chunk_size]))
 
 
-def _research_incomplete_rows(index: faiss.Index, queries: np.ndarray, sims: np.ndarray, nbrs: np.ndarray) -> None:
-    """IVF returns id -1 when the probed lists hold fewer than k points: search those rows over every list."""
+def _research_incomplete_rows(
+    index, queries: np.ndarray, sims: np.ndarray, nbrs: np.ndarray, max_nprobe: int | None = None
+) -> None:
+    """IVF returns id -1 when the probed lists hold fewer than k points: search those rows again over
+    every list, or over ``max_nprobe`` lists where the index refuses more (GPU faiss: 2048)."""
     short = np.flatnonzero((nbrs < 0).any(axis=1))
     if len(short) == 0:
         return
     saved = index.nprobe
-    index.nprobe = index.nlist
+    index.nprobe = index.nlist if max_nprobe is None else min(index.nlist, max_nprobe)
     try:
         sims[short], nbrs[short] = index.search(queries[short], nbrs.shape[1])
     finally:

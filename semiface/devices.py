@@ -1,10 +1,61 @@
-"""Device selection: ``auto`` picks CUDA when present, else CPU."""
+"""Device selection: ``auto`` picks CUDA when present, else CPU, and says so loudly when the system
+has an NVIDIA GPU that torch cannot use (a driver older than torch's CUDA build needs)."""
 
 from __future__ import annotations
+
+import functools
+import logging
+import re
+import warnings
+from pathlib import Path
 
 import torch
 
 from semiface.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+# Oldest Linux driver of each CUDA major version (NVIDIA's compatibility table).
+MIN_DRIVER = {11: 450, 12: 525, 13: 580}
+
+
+def nvidia_driver_version(path: Path = NVIDIA_DRIVER_FILE) -> str | None:
+    """The loaded NVIDIA kernel driver's version (e.g. ``"570.86.15"``), None when there is none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", text)
+    return found.group(1) if found else "unknown"
+
+
+def cuda_problem() -> str | None:
+    """Why torch cannot use a GPU this machine shows, or None (no NVIDIA driver, or CUDA works)."""
+    return explain_cuda_problem(nvidia_driver_version(), torch.version.cuda, torch.cuda.is_available())
+
+
+def explain_cuda_problem(driver: str | None, cuda_build: str | None, available: bool) -> str | None:
+    """Why torch (built for CUDA ``cuda_build``, None = CPU-only) cannot use NVIDIA driver ``driver``."""
+    if driver is None or available:
+        return None
+    if cuda_build is None:
+        return (f"an NVIDIA driver ({driver}) is loaded but torch {torch.__version__} is a CPU-only build: "
+                "install a CUDA build of torch")
+    major = int(cuda_build.split(".")[0])
+    needed = MIN_DRIVER.get(major)
+    driver_major = int(driver.split(".")[0]) if driver[0].isdigit() else None
+    if needed and driver_major is not None and driver_major < needed:
+        return (f"NVIDIA driver {driver} is older than torch {torch.__version__}'s CUDA {cuda_build} needs "
+                f"(driver >= {needed}): update the driver, or install a torch build for the driver's CUDA version")
+    return f"an NVIDIA driver ({driver}) is loaded but torch (CUDA {cuda_build}) sees no usable GPU (CUDA_VISIBLE_DEVICES? device busy?)"
+
+
+@functools.cache
+def _warn_cpu_fallback(problem: str) -> None:
+    message = f"device=auto falls back to the CPU although this machine has an NVIDIA GPU: {problem}"
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -12,13 +63,20 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if isinstance(spec, torch.device):
         return spec
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        problem = cuda_problem()
+        if problem:
+            _warn_cpu_fallback(problem)
+        return torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(f"device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} asked for but CUDA is not available on this machine")
+        raise ConfigError(f"device: {spec!r} asked for but CUDA is not available: {cuda_problem() or 'no NVIDIA driver is loaded'}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {spec!r} asked for but torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 
 
