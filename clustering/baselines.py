@@ -8,8 +8,11 @@
 * ``kmeans_oracle``: MiniBatchKMeans told the true number of identities (an oracle).
 
 Each threshold baseline has one threshold; left as ``None`` it is tuned by ``fit`` on labelled
-features (a seeded slice of whole identities), never on the features being clustered. The tuned
-value is ``tau_`` and travels with ``save``/``load`` (a small JSON file).
+features (a seeded slice of whole identities), never on the features being clustered. Its
+candidates, left as ``None``, are quantiles of the labelled kNN similarities (or distances),
+refined around the best (``clustering.thresholds``), so ArcFace-like features (different people
+near cosine 0) and non-centred ones (near 0.8) are both searched well; a given grid is used as is.
+The tuned value is ``tau_`` and travels with ``save``/``load`` (a small JSON file).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from clustering.base import Clusterer, register
 from clustering.knn import KnnGraph, build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import link_confidence, partition_links
+from clustering.thresholds import REFINE_COUNT, quantile_candidates, two_stage_search
 from clustering.union_find import connected_components
 from semiface.atomic import save_json
 from semiface.errors import ConfigError, DataError
@@ -37,10 +41,6 @@ from semiface.features import check_features
 log = logging.getLogger(__name__)
 
 BASELINE_FORMAT = "semiface-baseline/1"
-
-
-def _grid(start: float, stop: float, step: float) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.round(np.arange(start, stop + step / 2, step), 4))
 
 
 def knn_graph_for(features: np.ndarray, knn: KnnGraph | None, k: int) -> KnnGraph:
@@ -70,13 +70,15 @@ class ThresholdBaseline(Clusterer):
     """A training-free method with one threshold, tuned on labelled features when not given.
 
     Subclasses are dataclasses with fields ``k``, ``tune_samples``, ``seed``, the threshold field
-    named by ``threshold_field`` and its candidate grid named by ``grid_field``; they implement
-    ``_cluster_grid``.
+    named by ``threshold_field`` and its candidate grid named by ``grid_field`` (None = derived
+    from the labelled kNN similarities, or distances when ``threshold_is_distance``); they
+    implement ``_cluster_grid``.
     """
 
     needs_training: ClassVar[bool] = True
     threshold_field: ClassVar[str]
     grid_field: ClassVar[str]
+    threshold_is_distance: ClassVar[bool] = False
     k: int
     tune_samples: int
     seed: int
@@ -84,15 +86,17 @@ class ThresholdBaseline(Clusterer):
     def __post_init__(self) -> None:
         if self.k < 2:
             raise ConfigError(f"{self.name}: k must be >= 2 (the sample itself and a neighbour), got {self.k}")
-        if not getattr(self, self.grid_field):
-            raise ConfigError(f"{self.name}: {self.grid_field} is empty: nothing to tune {self.threshold_field} over")
+        grid = getattr(self, self.grid_field)
+        if grid is not None and len(grid) == 0:
+            raise ConfigError(f"{self.name}: {self.grid_field} is empty: nothing to tune {self.threshold_field} over "
+                              "(None derives the candidates from the labelled data)")
         self.tau_: float | None = getattr(self, self.threshold_field)
         self.tuning_: pd.DataFrame | None = None
 
     def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> ThresholdBaseline:
         """Tune the threshold on a slice of labelled ``features`` (max mean of pairwise and BCubed F).
 
-        A threshold given at construction is kept as is. The table of every candidate is ``tuning_``.
+        A threshold given at construction is kept as is. The table of every candidate tried is ``tuning_``.
         """
         if getattr(self, self.threshold_field) is not None:
             return self
@@ -104,12 +108,17 @@ class ThresholdBaseline(Clusterer):
         if len(rows) < len(labels):
             features, labels, knn = features[rows], labels[rows], None
         graph = knn_graph_for(features, knn, self.k)
-        grid = sorted({float(v) for v in getattr(self, self.grid_field)})
-        partitions = self._cluster_grid(features, graph, grid)
-        table = pd.DataFrame([{self.threshold_field: v, **evaluate_partition(labels, p)} for v, p in zip(grid, partitions, strict=True)])
-        score = (table["pairwise_f"] + table["bcubed_f"]).to_numpy() / 2
-        self.tau_ = float(grid[int(np.argmax(score))])
-        self.tuning_ = table
+        grid = getattr(self, self.grid_field)
+        if grid is None:
+            values = self._threshold_values(features, graph)
+            coarse, refine = quantile_candidates(values, descending=self.threshold_is_distance), REFINE_COUNT
+        else:
+            coarse, refine = list(grid), 0
+
+        def score(thresholds: list[float]) -> list[dict]:
+            return [evaluate_partition(labels, p) for p in self._cluster_grid(features, graph, thresholds)]
+
+        self.tau_, self.tuning_ = two_stage_search(score, coarse, refine=refine, key=self.threshold_field)
         return self
 
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
@@ -121,6 +130,11 @@ class ThresholdBaseline(Clusterer):
             )
         graph = knn_graph_for(features, knn, self.k)
         return self._cluster_grid(features, graph, [self.tau_])[0]
+
+    def _threshold_values(self, features: np.ndarray, graph: KnnGraph) -> np.ndarray:
+        """The values the threshold cuts, whose quantiles are the candidates: kNN similarities or distances."""
+        sims = graph.edges()[2]
+        return 1.0 - sims if self.threshold_is_distance else sims
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
         """One labelling per threshold (subclasses may share work across thresholds)."""
@@ -164,7 +178,7 @@ class KnnUnionFind(ThresholdBaseline):
 
     k: int = 80
     tau: float | None = None
-    taus: tuple[float, ...] = _grid(0.3, 0.9, 0.025)
+    taus: tuple[float, ...] | None = None
     max_size: int | None = None
     min_size: int = 1
     tune_samples: int = 20_000
@@ -197,7 +211,7 @@ class KnnInfomap(ThresholdBaseline):
 
     k: int = 80
     min_sim: float | None = None
-    min_sims: tuple[float, ...] = _grid(0.3, 0.75, 0.05)
+    min_sims: tuple[float, ...] | None = None
     weight_power: float = 1.0
     num_trials: int = 1
     markov_time: float = 1.0
@@ -246,10 +260,11 @@ class KnnDbscan(ThresholdBaseline):
     name: ClassVar[str] = "dbscan"
     threshold_field: ClassVar[str] = "eps"
     grid_field: ClassVar[str] = "eps_grid"
+    threshold_is_distance: ClassVar[bool] = True
 
     k: int = 80
     eps: float | None = None
-    eps_grid: tuple[float, ...] = _grid(0.1, 0.7, 0.025)
+    eps_grid: tuple[float, ...] | None = None
     min_samples: int = 4
     tune_samples: int = 20_000
     seed: int = 0
@@ -278,10 +293,11 @@ class KnnHac(ThresholdBaseline):
     name: ClassVar[str] = "hac"
     threshold_field: ClassVar[str] = "distance_threshold"
     grid_field: ClassVar[str] = "distance_thresholds"
+    threshold_is_distance: ClassVar[bool] = True
 
     k: int = 30
     distance_threshold: float | None = None
-    distance_thresholds: tuple[float, ...] = _grid(0.2, 0.8, 0.025)
+    distance_thresholds: tuple[float, ...] | None = None
     linkage: str = "average"
     tune_samples: int = 20_000
     seed: int = 0
@@ -291,7 +307,15 @@ class KnnHac(ThresholdBaseline):
             raise ConfigError(f"hac: linkage must be average, complete or single (cosine distance), got {self.linkage!r}")
         super().__post_init__()
 
-    def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
+    def _threshold_values(self, features: np.ndarray, graph: KnnGraph) -> np.ndarray:
+        """The tree's merge distances: what the cut applies to (average links can exceed every kNN distance)."""
+        return self._tree(features, graph)[1]
+
+    def _tree(self, features: np.ndarray, graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
+        """(children, merge distances) of the linkage tree over ``graph``, built once per graph."""
+        cached = getattr(self, "_cached_tree", None)
+        if cached is not None and cached[0] is graph:
+            return cached[1], cached[2]
         from sklearn.cluster import linkage_tree
 
         n = graph.n
@@ -300,6 +324,12 @@ class KnnHac(ThresholdBaseline):
         children, _, _, _, distances = linkage_tree(
             features, connectivity=connectivity, linkage=self.linkage, affinity="cosine", return_distance=True
         )
+        self._cached_tree = (graph, children, distances)
+        return children, distances
+
+    def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
+        n = graph.n
+        children, distances = self._tree(features, graph)
         merged = n + np.arange(len(children))
         out = []
         for threshold in thresholds:

@@ -23,6 +23,7 @@ from clustering.base import make_method
 from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import partition_links
+from clustering.thresholds import REFINE_COUNT, quantile_candidates, two_stage_search
 from semiface.atomic import atomic_open, save_json
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features, l2_normalize, load_features, load_meta
@@ -34,7 +35,7 @@ def sweep_threshold(
     src: np.ndarray,
     dst: np.ndarray,
     weight: np.ndarray,
-    taus: Sequence[float],
+    taus: Sequence[float] | None = None,
     *,
     partition: str = "union_find",
     max_size: int | None = None,
@@ -42,21 +43,28 @@ def sweep_threshold(
 ) -> tuple[pd.DataFrame, float]:
     """Partition the links at every tau and score it against ``labels``; return (table, best tau).
 
-    The table has one row per tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau
-    maximises the mean of pairwise F and BCubed F (ties: the smallest tau).
+    ``taus`` None: candidates are quantiles of the link weights, refined around the best
+    (``clustering.thresholds``), so any score range is searched well. The table has one row per
+    tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau maximises the mean of
+    pairwise F and BCubed F (ties: the smallest tau).
     """
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise DataError("labels", f"expected {n} ground-truth labels, got shape {labels.shape}")
-    if len(taus) == 0:
+    if taus is not None and len(taus) == 0:
         raise ConfigError("sweep_threshold: no tau to try (empty taus)")
-    rows = []
-    for tau in sorted({float(t) for t in taus}):
-        pred = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed)
-        rows.append({"tau": tau, **evaluate_partition(labels, pred)})
-    table = pd.DataFrame(rows)
-    score = (table["pairwise_f"] + table["bcubed_f"]) / 2
-    best = float(table["tau"].iloc[int(np.argmax(score.to_numpy()))])
+
+    def score(thresholds: list[float]) -> list[dict]:
+        return [
+            evaluate_partition(labels, partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed))
+            for tau in thresholds
+        ]
+
+    if taus is None:
+        coarse, refine = quantile_candidates(weight), REFINE_COUNT
+    else:
+        coarse, refine = list(taus), 0
+    best, table = two_stage_search(score, coarse, refine=refine)
     return table, best
 
 

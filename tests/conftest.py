@@ -89,3 +89,13 @@ def run_ddp_workers():
         assert done.returncode == 0, f"DDP workers failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     return run
+
+
+@pytest.fixture(scope="session")
+def dlib_split():
+    """The dlib descriptors of the real face folders split in two identity halves (seed 0); skips when absent."""
+    from bench.dlib_features import DEFAULT_FEATURES, real_feature_split
+
+    if not DEFAULT_FEATURES.is_dir():
+        pytest.skip(f"real face features not found at {DEFAULT_FEATURES}")
+    return real_feature_split(DEFAULT_FEATURES, seed=0)

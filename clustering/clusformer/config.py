@@ -65,7 +65,7 @@ class ClusformerConfig:
     partition: str = "union_find"
     link_rule: str = "average"
     tau: float | None = None
-    taus: tuple[float, ...] = (*(round(0.05 * i, 2) for i in range(2, 20)), 0.97, 0.98, 0.99)
+    taus: tuple[float, ...] | None = None  # None: quantiles of the validation link scores, refined
     max_size: int | None = None
     min_size: int = 1
     drop_below: float | None = None
@@ -95,9 +95,10 @@ class ClusformerConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"clusformer: {name} must be a probability in [0, 1], got {value}")
-        if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
-            raise ConfigError(f"clusformer: taus must be a non-empty list of probabilities, got {self.taus}")
-        object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
+        if self.taus is not None:
+            if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
+                raise ConfigError(f"clusformer: taus must be None (adaptive) or a non-empty list of probabilities, got {self.taus}")
+            object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
 
     @classmethod
     def from_preset(cls, preset: str = "small", **overrides: Any) -> ClusformerConfig:
@@ -113,14 +114,15 @@ class ClusformerConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON- and checkpoint-friendly)."""
         out = asdict(self)
-        out["taus"] = list(self.taus)
+        out["taus"] = None if self.taus is None else list(self.taus)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ClusformerConfig:
         """Inverse of ``to_dict``."""
         values = dict(values)
-        values["taus"] = tuple(values.get("taus", cls.taus))
+        taus = values.get("taus")
+        values["taus"] = None if taus is None else tuple(taus)
         return cls(**values)
 
     def with_updates(self, **changes: Any) -> ClusformerConfig:

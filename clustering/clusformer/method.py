@@ -155,7 +155,7 @@ class Clusformer(Clusterer):
         ids, probs = predict_sequences(model, features, knn, cfg, device)
         src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)
         table, tau = sweep_threshold(
-            labels, n, src, dst, weight, list(cfg.taus), partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed
+            labels, n, src, dst, weight, cfg.taus, partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed
         )
         pred = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=tau, max_size=cfg.max_size, seed=cfg.seed

@@ -43,7 +43,8 @@ class FaceTConfig:
     warmup_steps: int = 500
     loss_weighting: str = "balanced"  # none | weighted (inverse class frequency) | balanced (1:1 sampling)
     val_fraction: float = 0.2  # identities held out of training (validated in context of all labelled rows)
-    tau_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+    # None: candidates from quantiles of the validation link scores, refined (clustering.thresholds)
+    tau_grid: tuple[float, ...] | None = None
     seed: int = 0
     # clustering
     partition: str = "union_find"  # union_find | infomap
@@ -87,7 +88,7 @@ class FaceTConfig:
     def from_dict(cls, params: dict) -> FaceTConfig:
         """Build from a dict, refusing unknown keys (ConfigError names them)."""
         reject_unknown(params, {f.name for f in dataclasses.fields(cls)}, "facet")
-        if "tau_grid" in params:
+        if params.get("tau_grid") is not None:
             params = {**params, "tau_grid": tuple(float(t) for t in params["tau_grid"])}
         return cls(**params)
 
@@ -110,7 +111,8 @@ class FaceTConfig:
             (self.epochs >= 0 and self.batch_size >= 1, f"epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"),
             (self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr > 0, weight_decay >= 0, warmup_steps >= 0"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
-            (len(self.tau_grid) > 0 and all(0.0 < t < 1.0 for t in self.tau_grid), "tau_grid values must lie in (0, 1)"),
+            (self.tau_grid is None or (len(self.tau_grid) > 0 and all(0.0 < t < 1.0 for t in self.tau_grid))
+             , "tau_grid must be None (adaptive) or values in (0, 1)"),
             (self.tau is None or 0.0 <= self.tau < 1.0, f"tau must be in [0, 1) or None, got {self.tau}"),
             (self.inference_batch >= 1 and self.memmap_bytes >= 0, "inference_batch >= 1, memmap_bytes >= 0"),
         ]

@@ -209,8 +209,8 @@ class _Validator:
 
         cfg = self.method.config
         n = len(self.labels)
-        taus = [cfg.tau] if cfg.tau is not None else list(cfg.tau_grid)
-        src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus))
+        taus = [cfg.tau] if cfg.tau is not None else cfg.tau_grid
+        src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus) if taus else 0.0)
         frame, best_tau = sweep_threshold(
             self.labels, n, src, dst, prob, taus, partition=cfg.partition, max_size=cfg.max_cluster_size, seed=cfg.seed
         )
