@@ -106,4 +106,4 @@ def _load_builtin_methods() -> None:
 
 
 # Modules that define registered methods; a module not written yet is skipped.
-_BUILTIN_MODULES = ("clustering.baselines", "clustering.facet", "clustering.clusformer")
+_BUILTIN_MODULES = ("clustering.baselines", "clustering.pair_classifier", "clustering.facet", "clustering.clusformer")

@@ -68,6 +68,54 @@ def sweep_threshold(
     return table, best
 
 
+TUNE_ON = ("heldout", "all")
+
+
+def tune_link_threshold(
+    labels: np.ndarray,
+    heldout: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    weight: np.ndarray,
+    taus: Sequence[float] | None = None,
+    *,
+    tune_on: str = "all",
+    partition: str = "union_find",
+    max_size: int | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, float, dict[str, float]]:
+    """Tau for a learned linkage from the links of the whole labelled set; (sweep table, tau, scores).
+
+    ``heldout`` marks rows of identities the model was not trained on. ``tune_on="heldout"``:
+    sweep over the links between two held-out rows only (scores a trained model gives to people it
+    has never seen, as it will on the set to cluster; the whole set still gave each row its
+    neighbours). ``"all"``: sweep over the whole labelled set, training identities included (their
+    links score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of
+    the held-out rows and of the whole set, each partitioned at the chosen tau.
+    """
+    if tune_on not in TUNE_ON:
+        raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
+    labels, heldout = np.asarray(labels), np.asarray(heldout, dtype=bool)
+    n = len(labels)
+    rows = np.flatnonzero(heldout)
+    local = np.full(n, -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    inside = heldout[src] & heldout[dst]
+    if tune_on == "heldout":
+        table, tau = sweep_threshold(labels[rows], len(rows), local[src[inside]], local[dst[inside]], weight[inside], taus,
+                                     partition=partition, max_size=max_size, seed=seed)
+    else:
+        table, tau = sweep_threshold(labels, n, src, dst, weight, taus, partition=partition, max_size=max_size, seed=seed)
+    whole = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed)
+    alone = partition_links(len(rows), local[src[inside]], local[dst[inside]], weight[inside], method=partition, tau=tau,
+                            max_size=max_size, seed=seed)
+    all_scores, held_scores = evaluate_partition(labels, whole), evaluate_partition(labels[rows], alone)
+    return table, tau, {
+        "all_pairwise_f": all_scores["pairwise_f"], "all_bcubed_f": all_scores["bcubed_f"],
+        "heldout_pairwise_f": held_scores["pairwise_f"], "heldout_bcubed_f": held_scores["bcubed_f"],
+    }
+
+
 # Columns of the printed table: (column of run_harness's frame, header).
 TABLE_COLUMNS = (
     ("method", "method"), ("pairwise_f", "FP"), ("bcubed_f", "FB"), ("nmi", "NMI"),

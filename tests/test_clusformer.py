@@ -19,6 +19,7 @@ from clustering.evaluate import sweep_threshold
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.metrics import evaluate_partition
+from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from semiface.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
@@ -101,9 +102,12 @@ def test_every_encoding_gives_one_logit_per_position(encoding):
                            num_encoder_layers=1, num_decoder_layers=1)
     model = ClusformerNet(16, cfg)
     assert model.input_proj.in_features == (16 + 6 if encoding == "cde" else 16)
-    batch = build_sequences(feats, build_knn(feats, 6), np.arange(3), k=6)
-    logits = model(batch.feats, batch.sims, batch.pad)
+    graph = build_knn(feats, 6)
+    batch = build_sequences(feats, graph, np.arange(3), k=6, index=NeighbourhoodIndex.from_graph(graph))
+    logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
     assert logits.shape == (3, 6) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="pair_stats"):
+        model(batch.feats, batch.sims, batch.pad)
 
 
 def test_targets_exclude_centre_and_padding():
@@ -122,12 +126,12 @@ def test_training_steps_lower_the_loss():
     graph = build_knn(feats, 12)
     torch.manual_seed(0)
     model = ClusformerNet(16, cfg)
-    batch = build_sequences(feats, graph, np.arange(len(feats)), k=12)
+    batch = build_sequences(feats, graph, np.arange(len(feats)), k=12, index=NeighbourhoodIndex.from_graph(graph))
     targets, counted = sequence_targets(batch, labels, CPU)
 
     def loss_now() -> float:
         with torch.no_grad():
-            return float(sequence_loss(model(batch.feats, batch.sims, batch.pad), targets, counted))
+            return float(sequence_loss(model(batch.feats, batch.sims, batch.pad, batch.stats), targets, counted))
 
     before = loss_now()
     history = train_clusformer(model, feats, labels, graph, cfg, CPU)
@@ -288,7 +292,7 @@ def small_benchmark_run():
     splits = benchmark_splits(200, [100], config=_BENCH_FEATURES, seed=0)
     method = make_method("clusformer", **_SMALL).fit(splits.train_features, splits.train_labels)
     features, labels = splits.test_features[0], splits.test_labels[0]
-    graph = build_knn(features, _SMALL["k"])
+    graph = build_knn(features, STAT_NEIGHBOURS + 1)  # as deep as the pair statistics read
     return method, features, labels, graph
 
 

@@ -13,6 +13,7 @@ from clustering.facet.neighbours import enhance_nodes, gather_sequences, neighbo
 from clustering.facet.train import TrainData, candidate_links, train_model
 from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition
+from clustering.pair_stats import N_STATS, STAT_NEIGHBOURS, NeighbourhoodIndex
 from semiface.errors import ConfigError, DataError
 
 TINY = dict(hop1=8, hop2=3, heads=2, head_dim=8, ff_dim=32, dropout=0.1, batch_size=16, warmup_steps=5, device="cpu")
@@ -37,9 +38,10 @@ def blobs(identities: int, per: int, dim: int = 32, noise: float = 0.9, seed: in
 
 
 def train_data(features: np.ndarray, labels: np.ndarray, cfg: FaceTConfig) -> TrainData:
-    knn = build_knn(features, cfg.hop1 + 1, device="cpu")
+    knn = build_knn(features, max(cfg.hop1, STAT_NEIGHBOURS) + 1, device="cpu")
     table = neighbour_table(knn.nbrs, max(cfg.hop1, cfg.hop2))
-    return TrainData(torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(table))
+    index = NeighbourhoodIndex.from_graph(knn) if cfg.pair_stats else None
+    return TrainData(torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(table), index)
 
 
 def mean_loss(model: FaceTModel, cfg: FaceTConfig, data: TrainData) -> float:
@@ -50,7 +52,7 @@ def mean_loss(model: FaceTModel, cfg: FaceTConfig, data: TrainData) -> float:
         ids, seq, pad = gather_sequences(
             pivots, data.table, cfg.hop1, lambda nodes: enhance_nodes(model, data.features, data.table, nodes, cfg.hop2)
         )
-        log_probs = model.link_log_probs(seq[:, 0], seq, pad)
+        log_probs = model.link_log_probs(seq[:, 0], seq, pad, data.pair_stats(pivots, ids))
     candidates, target = candidate_links(ids, pad, data.labels, pivots)
     return float(torch.nn.functional.nll_loss(log_probs[candidates], target[candidates]))
 
@@ -82,12 +84,13 @@ def test_shapes_and_padding_is_masked(variant: str) -> None:
     sequence = torch.randn(b, length, d)
     seq_pad = torch.zeros(b, length, dtype=torch.bool)
     seq_pad[1, 4:] = True
-    log_probs = model.link_log_probs(sequence[:, 0], sequence, seq_pad)
+    stats = torch.rand(b, length, N_STATS) if model.uses_pair_stats else None
+    log_probs = model.link_log_probs(sequence[:, 0], sequence, seq_pad, stats)
     assert log_probs.shape == (b, length, 2)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(b, length))
     noisy = sequence.clone()
     noisy[seq_pad] = 1e3 * torch.randn(int(seq_pad.sum()), d)
-    torch.testing.assert_close(model.link_log_probs(noisy[:, 0], noisy, seq_pad)[~seq_pad], log_probs[~seq_pad])
+    torch.testing.assert_close(model.link_log_probs(noisy[:, 0], noisy, seq_pad, stats)[~seq_pad], log_probs[~seq_pad])
 
 
 def test_only_re_linkage_is_eq_11_12_on_enhanced_features() -> None:

@@ -45,6 +45,9 @@ class ClusformerConfig:
     k: int = 64
     radius_step: float | None = None
     encoding: str = "cde"
+    # Neighbourhood statistics of (centre, element) pairs into the per-position head (not in the
+    # paper; clustering.pair_stats): lets the head start from what a cosine threshold knows.
+    pair_stats: bool = True
     # model
     d_model: int = 64
     nhead: int = 4
@@ -66,6 +69,8 @@ class ClusformerConfig:
     link_rule: str = "average"
     tau: float | None = None
     taus: tuple[float, ...] | None = None  # None: quantiles of the validation link scores, refined
+    # where tau is tuned: "heldout" (links between held-out identities) or "all" (see FaceTConfig)
+    tune_on: str = "all"
     max_size: int | None = None
     min_size: int = 1
     drop_below: float | None = None
@@ -79,6 +84,7 @@ class ClusformerConfig:
         _check_choice("encoding", self.encoding, ENCODINGS)
         _check_choice("link_rule", self.link_rule, LINK_RULES)
         _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("tune_on", self.tune_on, ("heldout", "all"))
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
         for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
@@ -131,7 +137,7 @@ class ClusformerConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the network (a checkpoint must match them to resume)."""
-        keys = ("k", "encoding", "d_model", "nhead", "num_encoder_layers", "num_decoder_layers",
+        keys = ("k", "encoding", "pair_stats", "d_model", "nhead", "num_encoder_layers", "num_decoder_layers",
                 "dim_feedforward", "dropout")
         return {key: getattr(self, key) for key in keys}
 

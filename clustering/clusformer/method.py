@@ -28,7 +28,7 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
-from clustering.metrics import evaluate_partition
+from clustering.pair_stats import STAT_NEIGHBOURS
 from semiface.atomic import atomic_path
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
@@ -78,6 +78,7 @@ class Clusformer(Clusterer):
         link_rule: str | None = None,
         tau: float | None = None,
         taus: tuple[float, ...] | list[float] | None = None,
+        tune_on: str | None = None,
         max_size: int | None = None,
         min_size: int | None = None,
         drop_below: float | None = None,
@@ -108,25 +109,23 @@ class Clusformer(Clusterer):
         train_rows, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
         if knn is not None:
             _check_graph(knn, features.shape[0])
-        train_graph = knn if val_rows is None and knn is not None else _graph(features[train_rows], cfg.k)
+        train_graph = self._graph_for(features[train_rows], knn if val_rows is None else None)
         train_features = features[train_rows]
         validate = None
         if val_rows is not None:
-            all_graph = knn if knn is not None and knn.k >= min(cfg.k, len(labels)) else _graph(features, cfg.k)
+            all_graph = self._graph_for(features, knn)
             heldout = np.zeros(len(labels), dtype=bool)
             heldout[val_rows] = True
 
             def validate(model: ClusformerNet) -> dict[str, float]:
-                table, tau, pred = self._sweep(model, features, labels, all_graph, device)
-                best = table.loc[table["tau"] == tau].iloc[0]
-                held = evaluate_partition(labels[heldout], pred[heldout])
+                table, tau, scores = self._sweep(model, features, labels, heldout, all_graph, device)
                 self.sweep_, self.tau_ = table, tau
                 return {
                     "val_tau": tau,
-                    "val_pairwise_f": float(best["pairwise_f"]),
-                    "val_bcubed_f": float(best["bcubed_f"]),
-                    "heldout_pairwise_f": held["pairwise_f"],
-                    "heldout_bcubed_f": held["bcubed_f"],
+                    "val_pairwise_f": scores["all_pairwise_f"],
+                    "val_bcubed_f": scores["all_bcubed_f"],
+                    "heldout_pairwise_f": scores["heldout_pairwise_f"],
+                    "heldout_bcubed_f": scores["heldout_bcubed_f"],
                 }
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -144,32 +143,28 @@ class Clusformer(Clusterer):
         return self
 
     def _sweep(
-        self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, knn: KnnGraph, device: torch.device
-    ) -> tuple[pd.DataFrame, float, np.ndarray]:
-        """FP/FB of the partition at every tau of ``taus`` on labelled features, the best tau and its partition."""
-        from clustering.evaluate import sweep_threshold
-        from clustering.partition import partition_links
+        self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, knn: KnnGraph,
+        device: torch.device,
+    ) -> tuple[pd.DataFrame, float, dict[str, float]]:
+        """Tau tuned on the labelled links (``tune_on``): the sweep table, the tau and the F scores at it."""
+        from clustering.evaluate import tune_link_threshold
 
         cfg = self.config
-        n = len(features)
         ids, probs = predict_sequences(model, features, knn, cfg, device)
-        src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)
-        table, tau = sweep_threshold(
-            labels, n, src, dst, weight, cfg.taus, partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed
-        )
-        pred = partition_links(
-            n, src, dst, weight, method=cfg.partition, tau=tau, max_size=cfg.max_size, seed=cfg.seed
-        )
-        return table, tau, pred
+        src, dst, weight = undirected_links(len(features), ids, probs, cfg.link_rule)
+        return tune_link_threshold(labels, heldout, src, dst, weight, cfg.taus, tune_on=cfg.tune_on,
+                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed)
 
     # ------------------------------------------------------------------ clustering
-    def fit_predict(self, features: np.ndarray, knn: KnnGraph) -> np.ndarray:
+    def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
         from clustering.partition import link_confidence, partition_links
 
         model = self._trained_model()
         check_features(features, "features", dim=model.feature_dim)
-        _check_graph(knn, features.shape[0])
+        if knn is not None:
+            _check_graph(knn, features.shape[0])
+        knn = self._graph_for(features, knn)
         cfg = self.config
         n = features.shape[0]
         device = next(model.parameters()).device
@@ -184,6 +179,15 @@ class Clusformer(Clusterer):
             labels = np.where(confidence < cfg.drop_below, -1, labels)
         self.confidence_ = confidence.astype(np.float32, copy=False)
         return labels.astype(np.int64, copy=False)
+
+    def _graph_for(self, features: np.ndarray, knn: KnnGraph | None) -> KnnGraph:
+        """``knn`` when it is as deep as the model reads (k, and the pair statistics' neighbours),
+        else a graph built at that depth: sequences are never cut short by a shallow graph."""
+        depth = max(self.config.k, STAT_NEIGHBOURS + 1) if self.config.pair_stats else self.config.k
+        depth = min(depth, features.shape[0])
+        if knn is not None and knn.k >= depth:
+            return knn
+        return build_knn(features, depth, device=self.config.device)
 
     def _trained_model(self) -> ClusformerNet:
         if self.model_ is None:
@@ -251,11 +255,6 @@ def split_by_identity(
     if in_val.sum() < 2 or (~in_val).sum() < 2:
         return rows, None
     return rows[~in_val], rows[in_val]
-
-
-def _graph(features: np.ndarray, k: int) -> KnnGraph:
-    """The exact cosine kNN graph of a labelled part (k capped at its size)."""
-    return build_knn(features, min(k, features.shape[0]))
 
 
 def _check_graph(knn: KnnGraph, n: int) -> None:

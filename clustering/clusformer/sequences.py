@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from clustering.knn import KnnGraph
+from clustering.pair_stats import NeighbourhoodIndex
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,15 @@ class SequenceBatch:
 
     ``ids`` [B, k] sample ids (-1 = padding), ``feats`` [B, k, d] unit-norm features (zero at padding),
     ``sims`` [B, k, k] cosine similarities between the elements (zero rows/columns at padding),
-    ``pad`` [B, k] True at padding. Position 0 is always the centre.
+    ``pad`` [B, k] True at padding, ``stats`` [B, k, N_STATS] the (centre, element) neighbourhood
+    statistics when asked for. Position 0 is always the centre.
     """
 
     ids: np.ndarray
     feats: torch.Tensor
     sims: torch.Tensor
     pad: torch.Tensor
+    stats: torch.Tensor | None = None
 
     def cde_input(self) -> torch.Tensor:
         """Cosine Distance Encoding: each element's feature concatenated with its similarity row, [B, k, d + k]."""
@@ -45,8 +48,10 @@ def build_sequences(
     *,
     radius_step: float | None = None,
     device: torch.device | str = "cpu",
+    index: NeighbourhoodIndex | None = None,
 ) -> SequenceBatch:
-    """Visual sequences of length ``k`` for ``centres`` (rows of ``features`` and ``knn``)."""
+    """Visual sequences of length ``k`` for ``centres`` (rows of ``features`` and ``knn``), with the
+    pairs' statistics from ``index`` (a ``NeighbourhoodIndex`` of ``knn`` on ``device``) when given."""
     centres = np.asarray(centres, dtype=np.int64)
     candidates = _candidates(knn.nbrs[centres], centres)
     feats = _gather_unit_rows(features, candidates, device)
@@ -71,7 +76,10 @@ def build_sequences(
         feats = torch.nn.functional.pad(feats, (0, 0, 0, missing))
         pad = torch.nn.functional.pad(pad, (0, missing), value=True)
     sims = torch.bmm(feats, feats.transpose(1, 2)).clamp_(-1.0, 1.0)
-    return SequenceBatch(ids=ids, feats=feats, sims=sims, pad=pad)
+    stats = None
+    if index is not None:
+        stats = index.stats(torch.from_numpy(centres).to(device), torch.from_numpy(ids).to(device), sims[:, 0])
+    return SequenceBatch(ids=ids, feats=feats, sims=sims, pad=pad, stats=stats)
 
 
 def _candidates(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from clustering.clusformer.config import ClusformerConfig
 from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.sequences import SequenceBatch, build_sequences
 from clustering.knn import KnnGraph
+from clustering.pair_stats import NeighbourhoodIndex
 from semiface.atomic import atomic_path
 from semiface.devices import autocast_dtype
 from semiface.errors import ConfigError, DataError
@@ -88,7 +89,9 @@ def train_clusformer(
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         log.info("clusformer: resumed from %s after epoch %d", checkpoint, start_epoch)
-
+    else:
+        calibrate_pair_norm(model, features, knn, config, device)
+    index = pair_index(model, knn, device)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     for epoch in range(start_epoch, config.epochs):
@@ -101,13 +104,13 @@ def train_clusformer(
         for start in tqdm(batches, desc=f"clusformer epoch {epoch + 1}", disable=not progress, leave=False):
             batch = build_sequences(
                 features, knn, order[start : start + config.batch_size], config.k,
-                radius_step=config.radius_step, device=device,
+                radius_step=config.radius_step, device=device, index=index,
             )
             targets, counted = sequence_targets(batch, labels, device)
             if not counted.any():
                 continue
             with _autocast(device, amp):
-                logits = model(batch.feats, batch.sims, batch.pad)
+                logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
             loss = sequence_loss(logits, targets, counted)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -164,16 +167,39 @@ def predict_sequences(
     ids = np.empty((n, config.k), dtype=np.int64)
     probs = np.empty((n, config.k), dtype=np.float32)
     step = config.infer_batch_size
+    index = pair_index(model, knn, device)
     for start in tqdm(range(0, n, step), desc="clusformer inference", disable=not progress, leave=False):
         centres = np.arange(start, min(start + step, n))
-        batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device)
+        batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device, index=index)
         with _autocast(device, amp):
-            logits = model(batch.feats, batch.sims, batch.pad)
+            logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
         p = torch.sigmoid(logits.float()).masked_fill(batch.pad, 0.0)
         p[:, 0] = 1.0
         ids[start : start + len(centres)] = batch.ids
         probs[start : start + len(centres)] = p.cpu().numpy()
     return ids, probs
+
+
+def pair_index(model: ClusformerNet, knn: KnnGraph, device: torch.device) -> NeighbourhoodIndex | None:
+    """The pair-statistics index of ``knn`` for a model that reads the statistics, else None."""
+    return NeighbourhoodIndex.from_graph(knn, device) if model.pair_norm is not None else None
+
+
+CALIBRATION_CENTRES = 2048
+
+
+def calibrate_pair_norm(
+    model: ClusformerNet, features: np.ndarray, knn: KnnGraph, config: ClusformerConfig, device: torch.device
+) -> None:
+    """Set the model's statistics standardisation from the sequences of a seeded sample of centres."""
+    if model.pair_norm is None:
+        return
+    centres = np.random.default_rng(config.seed).permutation(len(features))[:CALIBRATION_CENTRES]
+    batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device,
+                            index=pair_index(model, knn, device))
+    real = ~batch.pad
+    real[:, 0] = False  # the centre's own position
+    model.pair_norm.calibrate(batch.stats[real])
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from clustering.facet.config import FaceTConfig
 from clustering.facet.model import FaceTModel
-from clustering.facet.neighbours import enhance_nodes, gather_sequences
+from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequence_stats
+from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
 
 RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
@@ -69,16 +70,21 @@ def enhance_all(
 
 
 @torch.inference_mode()
-def link_scores(model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int) -> np.ndarray:
+def link_scores(
+    model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int,
+    pair_stats: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> np.ndarray:
     """P(same identity) float32 [N, hop1 + 1] of every pivot (row) to ``table[:, :hop1 + 1]``;
-    0 at the pivot itself (column 0) and at padding. Fewer columns when the table is narrower."""
+    0 at the pivot itself (column 0) and at padding. Fewer columns when the table is narrower.
+    ``pair_stats(pivots, ids)`` gives the pairs' statistics to a model that uses them."""
     n = table.shape[0]
     out = np.zeros((n, min(hop1 + 1, table.shape[1])), dtype=np.float32)
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
         with autocast(table.device):
             ids, sequence, pad = gather_sequences(pivots, table, hop1, enhanced.__getitem__)
-            prob = model.link_log_probs(sequence[:, 0], sequence, pad)[..., 1].exp()
+            stats = pair_stats(pivots, ids) if pair_stats is not None else None
+            prob = model.link_log_probs(sequence[:, 0], sequence, pad, stats)[..., 1].exp()
         prob = prob.float().masked_fill(pad, 0.0)
         prob[:, 0] = 0.0
         out[start : start + len(pivots)] = prob.cpu().numpy()
@@ -102,13 +108,18 @@ def _enhanced_store(n: int, d: int, device: torch.device, cfg: FaceTConfig) -> I
 
 
 def link_probabilities(
-    model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device
+    model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device,
+    index: NeighbourhoodIndex | None = None,
 ) -> np.ndarray:
-    """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]:
+    """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]
+    (and the neighbourhood ``index`` of the pair statistics, for a model that uses them):
     ``link_scores`` of every node."""
     model.eval()
+    if model.uses_pair_stats and index is None:
+        raise ValueError("this FaceT model uses pair statistics: pass the neighbourhood index")
     store = RowStore.from_array(features, device, cfg.memmap_bytes)
     table_t = torch.as_tensor(table, dtype=torch.int64).to(device)
+    stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids))
     with _enhanced_store(len(features), model.model_dim, device, cfg) as (out, enhanced):
         enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
-        return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch)
+        return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, stats)

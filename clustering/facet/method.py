@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
-from clustering.metrics import evaluate_partition
+from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from clustering.partition import link_confidence, partition_links
 from semiface.atomic import atomic_path
 from semiface.devices import resolve_device
@@ -81,17 +82,18 @@ class FaceT(Clusterer):
         device = resolve_device(cfg.device)
         train_rows, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
         train_features, train_labels = features[train_rows], labels[train_rows]
-        train_table = self._table(train_features, knn if len(val_rows) == 0 else None)
+        train_part = self._neighbourhood(train_features, knn if len(val_rows) == 0 else None, device)
         self.model = FaceTModel(features.shape[1], cfg).to(device)
         validate = None
         if len(val_rows):
             heldout = np.zeros(len(labels), dtype=bool)
             heldout[val_rows] = True
-            validate = _Validator(self, features, labels, self._table(features, knn), heldout)
+            validate = _Validator(self, features, labels, self._neighbourhood(features, knn, device), heldout)
         data = TrainData(
             features=torch.as_tensor(train_features).to(device),
             labels=torch.as_tensor(train_labels).to(device),
-            table=torch.as_tensor(train_table).to(device),
+            table=torch.as_tensor(train_part.table).to(device),
+            index=train_part.index,
         )
         checkpoint = Path(cfg.work_dir) / CHECKPOINT_NAME if cfg.work_dir else None
         self.history_ = train_model(
@@ -113,11 +115,12 @@ class FaceT(Clusterer):
         in use) dropped."""
         model = self._trained_model()
         check_features(features, "features", dim=model.feature_dim)
-        table = self._table(features, knn)
-        return self._links(model, features, table, self.tau if min_prob is None else min_prob)
+        neighbourhood = self._neighbourhood(features, knn, model_device(model))
+        return self._links(model, features, neighbourhood, self.tau if min_prob is None else min_prob)
 
-    def _links(self, model: FaceTModel, features: np.ndarray, table: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
-        probs = link_probabilities(model, features, table, self.config, model_device(model))
+    def _links(self, model: FaceTModel, features: np.ndarray, neighbourhood: Neighbourhood, floor: float) -> tuple[np.ndarray, ...]:
+        table = neighbourhood.table
+        probs = link_probabilities(model, features, table, self.config, model_device(model), neighbourhood.index)
         ids = table[:, : probs.shape[1]]
         return undirected_links(len(features), ids, probs, self.config.link_rule, floor=floor)
 
@@ -133,18 +136,21 @@ class FaceT(Clusterer):
         self.confidence_ = link_confidence(labels, src, dst, prob)
         return labels
 
-    def _table(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
-        """Neighbour table [N, max(hop1, hop2) + 1] from ``knn``, built here when absent or too short."""
+    def _neighbourhood(self, features: np.ndarray, knn: KnnGraph | None, device: torch.device) -> Neighbourhood:
+        """Neighbour table [N, max(hop1, hop2) + 1] from ``knn`` (built here when absent or too short)
+        and, with ``pair_stats``, the index of the pairs' statistics on ``device``."""
         cfg = self.config
         count = max(cfg.hop1, cfg.hop2)
-        wanted = min(count + 1, len(features))
+        depth = max(count, STAT_NEIGHBOURS) if cfg.pair_stats else count
+        wanted = min(depth + 1, len(features))
         if knn is not None and knn.n != len(features):
             raise DataError("knn", f"graph has {knn.n} rows but there are {len(features)} feature rows")
         if knn is None or knn.k < wanted:
             if knn is not None:
                 log.info("facet: kNN graph has k=%d < hop1 + 1 = %d; building a deeper one", knn.k, wanted)
             knn = build_knn(features, wanted, device=cfg.device)
-        return neighbour_table(knn.nbrs, count)
+        index = NeighbourhoodIndex.from_graph(knn, device) if cfg.pair_stats else None
+        return Neighbourhood(neighbour_table(knn.nbrs, count), index)
 
     def _trained_model(self) -> FaceTModel:
         if self.model is None:
@@ -195,34 +201,40 @@ FaceT.__signature__ = inspect.Signature(
 )
 
 
-class _Validator:
-    """Clusters the whole labelled set at every tau of the grid; tau and the epoch score come
-    from it (``pairwise_f``/``bcubed_f``: the held-out identities' rows, which training never saw)."""
+@dataclass(frozen=True)
+class Neighbourhood:
+    """What FaceT reads of a set's kNN graph: the neighbour table and the pair-statistics index."""
 
-    def __init__(self, method: FaceT, features: np.ndarray, labels: np.ndarray, table: np.ndarray, heldout: np.ndarray) -> None:
-        self.method, self.features, self.labels, self.neighbours, self.heldout = method, features, labels, table, heldout
+    table: np.ndarray
+    index: NeighbourhoodIndex | None
+
+
+class _Validator:
+    """Scores the links of the whole labelled set and tunes tau on them (``tune_on``: the held-out
+    identities alone, or the whole set); the epoch score is the held-out identities' FP/FB at that
+    tau (``pairwise_f``/``bcubed_f``: rows training never saw)."""
+
+    def __init__(
+        self, method: FaceT, features: np.ndarray, labels: np.ndarray, neighbourhood: Neighbourhood, heldout: np.ndarray
+    ) -> None:
+        self.method, self.features, self.labels, self.neighbours, self.heldout = method, features, labels, neighbourhood, heldout
         self.best_tau: float = DEFAULT_TAU
         self.table: list[dict] = []
 
     def __call__(self, model: FaceTModel) -> dict:
-        from clustering.evaluate import sweep_threshold
+        from clustering.evaluate import tune_link_threshold
 
         cfg = self.method.config
-        n = len(self.labels)
         taus = [cfg.tau] if cfg.tau is not None else cfg.tau_grid
         src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus) if taus else 0.0)
-        frame, best_tau = sweep_threshold(
-            self.labels, n, src, dst, prob, taus, partition=cfg.partition, max_size=cfg.max_cluster_size, seed=cfg.seed
+        frame, best_tau, scores = tune_link_threshold(
+            self.labels, self.heldout, src, dst, prob, taus, tune_on=cfg.tune_on, partition=cfg.partition,
+            max_size=cfg.max_cluster_size, seed=cfg.seed,
         )
         self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
-        best = next(row for row in self.table if row["tau"] == best_tau)
-        pred = partition_links(
-            n, src, dst, prob, method=cfg.partition, tau=best_tau, max_size=cfg.max_cluster_size, seed=cfg.seed
-        )
-        held = evaluate_partition(self.labels[self.heldout], pred[self.heldout])
         return {
-            "val_tau": self.best_tau, "all_pairwise_f": float(best["pairwise_f"]), "all_bcubed_f": float(best["bcubed_f"]),
-            "pairwise_f": float(held["pairwise_f"]), "bcubed_f": float(held["bcubed_f"]),
+            "val_tau": self.best_tau, "all_pairwise_f": scores["all_pairwise_f"], "all_bcubed_f": scores["all_bcubed_f"],
+            "pairwise_f": scores["heldout_pairwise_f"], "bcubed_f": scores["heldout_bcubed_f"],
         }
 
 

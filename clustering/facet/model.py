@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clustering.facet.config import FaceTConfig
+from clustering.pair_stats import N_STATS, PairStatNorm
 
 
 def _self_attention_stack(cfg: FaceTConfig) -> nn.TransformerEncoder:
@@ -46,22 +47,26 @@ class RelationEncoder(nn.Module):
 
 class LinkagePredictor(nn.Module):
     """Section 3.4: d_e self-attention layers over the node's neighbour sequence, then a PReLU MLP
-    on e_qk = cat(g_q, g_qk) (+ g_q * g_qk with ``edge_embedding="concat_product"``) giving two
-    logits (different, same identity)."""
+    on e_qk = cat(g_q, g_qk) (+ g_q * g_qk with ``edge_embedding="concat_product"``, + the pair's
+    standardised neighbourhood statistics with ``pair_stats``) giving two logits (different, same
+    identity)."""
 
     def __init__(self, cfg: FaceTConfig) -> None:
         super().__init__()
         self.sequence_layers = _self_attention_stack(cfg)
         d = cfg.model_dim
         self.with_product = cfg.edge_embedding == "concat_product"
-        width = (3 if self.with_product else 2) * d
+        width = (3 if self.with_product else 2) * d + (N_STATS if cfg.pair_stats else 0)
         self.classifier = nn.Sequential(nn.Linear(width, d), nn.PReLU(), nn.Linear(d, 2))
 
-    def forward(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor) -> Tensor:
-        """pivot [B, d], sequence [B, L, d], sequence_pad bool [B, L] -> logits [B, L, 2]."""
+    def forward(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor, stats: Tensor | None = None) -> Tensor:
+        """pivot [B, d], sequence [B, L, d], sequence_pad bool [B, L] (+ standardised pair
+        statistics [B, L, N_STATS]) -> logits [B, L, 2]."""
         sequence = self.sequence_layers(sequence, src_key_padding_mask=sequence_pad)
         pivot = pivot[:, None].expand_as(sequence)
         parts = [pivot, sequence, pivot * sequence] if self.with_product else [pivot, sequence]
+        if stats is not None:
+            parts.append(stats.to(sequence.dtype))
         edges = torch.cat(parts, dim=-1)
         return self.classifier(edges)
 
@@ -84,6 +89,7 @@ class FaceTModel(nn.Module):
         # residual g_q = LN(f~_q + f_q) nor the pivot in e_qk.
         self.input_scale = math.sqrt(feature_dim)
         self.predictor = None if cfg.variant == "only_re" else LinkagePredictor(cfg)
+        self.pair_norm = PairStatNorm() if cfg.pair_stats and self.predictor is not None else None
         self.model_dim = d
 
     @property
@@ -100,10 +106,20 @@ class FaceTModel(nn.Module):
             raise ValueError("the Relation Encoder needs the hop2 context of every node")
         return self.encoder(projected, self.project(context * self.input_scale), context_pad)
 
-    def link_log_probs(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor) -> Tensor:
-        """Log-probabilities [B, L, 2] (index 1 = same identity) of the links pivot -> sequence[j]."""
+    @property
+    def uses_pair_stats(self) -> bool:
+        """Whether ``link_log_probs`` needs the pairs' neighbourhood statistics."""
+        return self.pair_norm is not None
+
+    def link_log_probs(self, pivot: Tensor, sequence: Tensor, sequence_pad: Tensor, stats: Tensor | None = None) -> Tensor:
+        """Log-probabilities [B, L, 2] (index 1 = same identity) of the links pivot -> sequence[j];
+        ``stats`` [B, L, N_STATS] (raw ``NeighbourhoodIndex.stats``) when ``uses_pair_stats``."""
         if self.predictor is not None:
-            return F.log_softmax(self.predictor(pivot, sequence, sequence_pad).float(), dim=-1)
+            if self.pair_norm is not None:
+                if stats is None:
+                    raise ValueError("this FaceT model was built with pair_stats: pass the pairs' statistics")
+                stats = self.pair_norm(stats)
+            return F.log_softmax(self.predictor(pivot, sequence, sequence_pad, stats).float(), dim=-1)
         # only_re, eq. 11-12: e = 0.25 ||N(g_q) - N(g_k)||^2 in [0, 1]; P(same) = 1 - e.
         distance = 0.25 * (F.normalize(pivot.float(), dim=-1)[:, None] - F.normalize(sequence.float(), dim=-1)).pow(2).sum(-1)
         same = (1.0 - distance).clamp(1e-6, 1.0 - 1e-6)

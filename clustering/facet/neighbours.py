@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clustering.facet.model import FaceTModel
+from clustering.pair_stats import NeighbourhoodIndex
 
 if TYPE_CHECKING:
     from clustering.facet.infer import RowStore
@@ -63,3 +64,11 @@ def gather_sequences(
     sequence = g_nodes.new_zeros((*ids.shape, g_nodes.shape[-1]))
     sequence[~pad] = g_nodes[inverse]
     return ids, sequence, pad
+
+
+def sequence_stats(index: NeighbourhoodIndex, features: Tensor | RowStore, pivots: Tensor, ids: Tensor) -> Tensor:
+    """Neighbourhood statistics [B, L, N_STATS] of each pivot with the ids of its sequence [B, L]
+    (cosines from the raw ``features``, a tensor or a ``RowStore``)."""
+    own = F.normalize(features[pivots].float(), dim=-1)
+    others = F.normalize(features[ids.clamp(min=0)].float(), dim=-1)
+    return index.stats(pivots, ids, torch.einsum("bd,bld->bl", own, others))

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from clustering.facet.config import FaceTConfig
 from clustering.facet.model import FaceTModel
-from clustering.facet.neighbours import enhance_nodes, gather_sequences
+from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequence_stats
+from clustering.pair_stats import NeighbourhoodIndex
 from semiface.atomic import atomic_path
 from semiface.devices import autocast_dtype
 from semiface.errors import ConfigError
@@ -32,17 +33,40 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "facet-train-v1"
 # Fields that do not change what training computes: a checkpoint may be resumed across them.
 RUNTIME_FIELDS = frozenset(
-    {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "max_cluster_size", "min_cluster_size"}
+    {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "tune_on", "max_cluster_size", "min_cluster_size"}
 )
 
 
 @dataclass
 class TrainData:
-    """A labelled set on the training device: features [N, D], labels [N], neighbour table [N, K]."""
+    """A labelled set on the training device: features [N, D], labels [N], neighbour table [N, K],
+    and the neighbourhood index of the pair statistics (None when the model does not use them)."""
 
     features: Tensor
     labels: Tensor
     table: Tensor
+    index: NeighbourhoodIndex | None = None
+
+    def pair_stats(self, pivots: Tensor, ids: Tensor) -> Tensor | None:
+        """Statistics of the pivots' sequences, or None without an index."""
+        return None if self.index is None else sequence_stats(self.index, self.features, pivots, ids)
+
+
+CALIBRATION_PIVOTS = 2048
+
+
+def calibrate_pair_norm(model: FaceTModel, data: TrainData, hop1: int, seed: int) -> None:
+    """Set the model's statistics standardisation from the pairs of a seeded sample of pivots."""
+    if model.pair_norm is None:
+        return
+    if data.index is None:
+        raise ValueError("this FaceT model uses pair statistics: TrainData needs the neighbourhood index")
+    generator = torch.Generator().manual_seed(seed)
+    pivots = torch.randperm(len(data.labels), generator=generator)[:CALIBRATION_PIVOTS].to(data.table.device)
+    ids = data.table[pivots, 1 : hop1 + 1]
+    with torch.no_grad():
+        stats = data.pair_stats(pivots, ids)
+    model.pair_norm.calibrate(stats[ids >= 0])
 
 
 def candidate_links(ids: Tensor, pad: Tensor, labels: Tensor, pivots: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,6 +161,8 @@ def train_model(
     if checkpoint is not None and checkpoint.is_file():
         state = _resume(checkpoint, model, optimizer, scheduler, cfg, fingerprint)
         log.info("facet: resumed from %s after epoch %d", checkpoint, state["epoch"])
+    else:
+        calibrate_pair_norm(model, data, cfg.hop1, cfg.seed)
 
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.perf_counter()
@@ -151,7 +177,7 @@ def train_model(
                 ids, sequence, pad = gather_sequences(
                     pivots, data.table, cfg.hop1, lambda nodes: enhance_nodes(model, data.features, data.table, nodes, cfg.hop2)
                 )
-                log_probs = model.link_log_probs(sequence[:, 0], sequence, pad)
+                log_probs = model.link_log_probs(sequence[:, 0], sequence, pad, data.pair_stats(pivots, ids))
             candidates, target = candidate_links(ids, pad, data.labels, pivots)
             if not candidates.any():
                 continue
