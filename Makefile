@@ -12,11 +12,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 
-# Re-install when pyproject.toml or the faiss choice changes. faiss-cpu and the GPU build share
+# Re-install when pyproject.toml or the faiss choice changes. The dev venv takes the optional
+# `reference` extra (dlib's face descriptor) so that its tests run. faiss-cpu and the GPU build share
 # the faiss/ package, so every faiss build is removed before the chosen one goes in.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip uninstall --quiet -y faiss-cpu faiss-gpu faiss-gpu-cu12 faiss-gpu-cu11 2>/dev/null || true
-	$(PY) -m pip install --quiet -e '.[$(FAISS),dev]'
+	$(PY) -m pip install --quiet -e '.[$(FAISS),reference,dev]'
 	rm -f $(VENV)/.installed-*
 	echo $(FAISS) > $(VENV)/.faiss
 	touch $(STAMP)

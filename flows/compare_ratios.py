@@ -16,7 +16,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.semi_supervised import DataSource, semi_supervised
+from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError
 from tasks.common import markdown_table, png_markdown
@@ -59,6 +59,7 @@ def compare_ratios(
     data_options: dict[str, Any] | None = None,
     method: str = "facet",
     method_params: dict[str, Any] | None = None,
+    cluster_features: ClusterFeatures = "backbone",
     backbone: str = "resnet50",
     image_size: int = 112,
     epochs: int = 20,
@@ -81,7 +82,7 @@ def compare_ratios(
         raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
     common = dict(
         data_source=data_source, data_path=data_path, data_options=data_options, method=method,
-        method_params=method_params, backbone=backbone, image_size=image_size, epochs=epochs,
+        method_params=method_params, cluster_features=cluster_features, backbone=backbone, image_size=image_size, epochs=epochs,
         train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k,
         min_cluster_size=min_cluster_size, min_confidence=min_confidence, distractor_sizes=distractor_sizes,
         extract_batch_size=extract_batch_size, device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,

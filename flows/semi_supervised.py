@@ -24,6 +24,7 @@ from semiface.errors import ConfigError
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
 from tasks.common import StageContext, artifact_key, markdown_table, result_of
+from tasks.embed_dlib import embed_dlib_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_features import extract_features_task
 from tasks.merge_pseudo_labels import merge_pseudo_labels_task
@@ -36,6 +37,7 @@ from tasks.train_clusterer import build_method, train_clusterer_task
 
 DataSource = Literal["demo", "folder", "recordio", "features"]
 LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
+ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 
@@ -86,6 +88,7 @@ def semi_supervised(
     data_options: dict[str, Any] | None = None,
     method: str = "facet",
     method_params: dict[str, Any] | None = None,
+    cluster_features: ClusterFeatures = "backbone",
     ratio: float = 1.0,
     labels: LabelsMode = "clusters",
     backbone: str = "resnet50",
@@ -111,6 +114,9 @@ def semi_supervised(
     (``recordio``) or the learn-to-cluster root (``features``); unused for ``demo``.
     ``data_options``: DemoConfig fields (demo), split shares (folder / recordio), part names (features).
     ``train_options``: further TrainConfig fields (batch_size, lr, margin...), for both trainings.
+    ``cluster_features``: what the clustering stages cluster: the first backbone's features, or
+    ``dlib``'s pretrained face descriptors (optional extra ``reference``; image sources only), for when
+    the first backbone is too weak to cluster with. The retrained model is the project's backbone either way.
     ``retrain_options``: TrainConfig fields for the retraining only, over those (e.g. fewer ``epochs``
     when it starts from the first model); ``{"heads": "multi"}`` retrains with two margin heads, one for
     the labelled and one for the pseudo-labelled set (default ``"single"``: one head over both).
@@ -128,6 +134,12 @@ def semi_supervised(
                              ) if has_images else None
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
+    if cluster_features == "dlib" and not has_images:
+        raise ConfigError("cluster_features='dlib' embeds images; data_source='features' has none")
+    if cluster_features == "dlib":
+        from backbone.dlib_embedder import load_dlib_models
+
+        load_dlib_models()  # the extra missing -> ConfigError before anything is written
 
     root = Path(run_dir)
     ctx = StageContext(cache_root=str(root / "stages"), label=label, device=device, num_workers=num_workers)
@@ -144,16 +156,19 @@ def semi_supervised(
         features = data  # the features source carries its own features.npy
 
     clusters = sample = None
+    to_cluster = features
+    if cluster_features == "dlib" and labels != "labelled_only":
+        to_cluster = result_of(embed_dlib_task, ctx, data)
     if labels == "labelled_only":
         merged = result_of(merge_pseudo_labels_task, ctx, data, "lower_bound")
     else:
-        sample = result_of(build_knn_task, ctx, data, features, "unlabelled", k, ratio, seed)
+        sample = result_of(build_knn_task, ctx, data, to_cluster, "unlabelled", k, ratio, seed)
         if labels == "ground_truth":
             merged = result_of(merge_pseudo_labels_task, ctx, data, "upper_bound", sample)
         else:
-            knn_labelled = result_of(build_knn_task, ctx, data, features, "labelled", k, None, seed)
-            trained = result_of(train_clusterer_task, ctx, data, features, knn_labelled, method, method_params)
-            clusters = result_of(cluster_task, ctx, data, features, sample, trained, method, method_params)
+            knn_labelled = result_of(build_knn_task, ctx, data, to_cluster, "labelled", k, None, seed)
+            trained = result_of(train_clusterer_task, ctx, data, to_cluster, knn_labelled, method, method_params)
+            clusters = result_of(cluster_task, ctx, data, to_cluster, sample, trained, method, method_params)
             merged = result_of(merge_pseudo_labels_task, ctx, data, "pseudo", sample, clusters,
                                min_cluster_size, min_confidence)
 

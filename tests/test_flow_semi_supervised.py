@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
+from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.semi_supervised import semi_supervised
@@ -122,6 +124,7 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         ({"data_source": "folder", "data_path": "/nonexistent/faces", "data_options": {}}, DataError, "/nonexistent/faces"),
         ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError, "data_path: required"),
         ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
+        ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
     ],
 )
 def test_bad_parameters_fail_at_the_start_with_nothing_written(prefect_server, tmp_path, override, error, message):
@@ -129,3 +132,18 @@ def test_bad_parameters_fail_at_the_start_with_nothing_written(prefect_server, t
     with pytest.raises(error, match=message.replace("(", r"\(")):
         semi_supervised(run_dir=str(run_dir), **{**TINY, **override})
     assert not run_dir.exists()
+
+
+def test_clusters_can_come_from_the_pretrained_dlib_embedder(prefect_server, tmp_path):
+    """cluster_features='dlib': the clustering stages cluster dlib's 128-d descriptors; the backbone is still
+    trained, evaluated and retrained (the synthetic faces have no face dlib detects: centred boxes, counted)."""
+    pytest.importorskip("dlib")
+    run_dir = tmp_path / "run"
+    summary = semi_supervised(run_dir=str(run_dir), cluster_features="dlib", label="dlib", **TINY)
+    embedded = list((run_dir / "stages").glob("embed_dlib-*/**/features.npy"))
+    assert len(embedded) == 1
+    features = np.load(embedded[0])
+    assert features.shape[1] == 128 and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-4)
+    record = json.loads(next((run_dir / "stages").glob("embed_dlib-*/**/done.json")).read_text())
+    assert record["summary"]["no_face"] == record["summary"]["rows"] == len(features)
+    assert summary["pairwise_f"] is not None and "rank1_after" in summary
