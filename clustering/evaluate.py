@@ -23,7 +23,7 @@ from clustering.base import make_method
 from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import partition_links
-from clustering.thresholds import REFINE_COUNT, quantile_candidates, two_stage_search
+from clustering.thresholds import COARSE_COUNT, REFINE_COUNT, quantile_candidates, two_stage_search
 from semiface.atomic import atomic_open, save_json
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features, l2_normalize, load_features, load_meta
@@ -40,11 +40,13 @@ def sweep_threshold(
     partition: str = "union_find",
     max_size: int | None = None,
     seed: int = 0,
+    candidates: int = COARSE_COUNT,
+    refine: int = REFINE_COUNT,
 ) -> tuple[pd.DataFrame, float]:
     """Partition the links at every tau and score it against ``labels``; return (table, best tau).
 
-    ``taus`` None: candidates are quantiles of the link weights, refined around the best
-    (``clustering.thresholds``), so any score range is searched well. The table has one row per
+    ``taus`` None: ``candidates`` quantiles of the link weights, then ``refine`` values around the
+    best (``clustering.thresholds``), so any score range is searched well. The table has one row per
     tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau maximises the mean of
     pairwise F and BCubed F (ties: the smallest tau).
     """
@@ -60,15 +62,13 @@ def sweep_threshold(
             for tau in thresholds
         ]
 
-    if taus is None:
-        coarse, refine = quantile_candidates(weight), REFINE_COUNT
-    else:
-        coarse, refine = list(taus), 0
-    best, table = two_stage_search(score, coarse, refine=refine)
+    coarse = quantile_candidates(weight, candidates) if taus is None else list(taus)
+    best, table = two_stage_search(score, coarse, refine=refine if taus is None else 0)
     return table, best
 
 
 TUNE_ON = ("heldout", "all")
+QUICK_CANDIDATES = 12
 
 
 def tune_link_threshold(
@@ -83,6 +83,7 @@ def tune_link_threshold(
     partition: str = "union_find",
     max_size: int | None = None,
     seed: int = 0,
+    quick: bool = False,
 ) -> tuple[pd.DataFrame, float, dict[str, float]]:
     """Tau for a learned linkage from the links of the whole labelled set; (sweep table, tau, scores).
 
@@ -91,7 +92,8 @@ def tune_link_threshold(
     has never seen, as it will on the set to cluster; the whole set still gave each row its
     neighbours). ``"all"``: sweep over the whole labelled set, training identities included (their
     links score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of
-    the held-out rows and of the whole set, each partitioned at the chosen tau.
+    the held-out rows and of the whole set, each partitioned at the chosen tau. ``quick``: fewer
+    candidates and no refinement (per-epoch validation: each candidate is one partition).
     """
     if tune_on not in TUNE_ON:
         raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
@@ -101,11 +103,13 @@ def tune_link_threshold(
     local = np.full(n, -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))
     inside = heldout[src] & heldout[dst]
+    search = {"partition": partition, "max_size": max_size, "seed": seed,
+              "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": 0 if quick else REFINE_COUNT}
     if tune_on == "heldout":
         table, tau = sweep_threshold(labels[rows], len(rows), local[src[inside]], local[dst[inside]], weight[inside], taus,
-                                     partition=partition, max_size=max_size, seed=seed)
+                                     **search)
     else:
-        table, tau = sweep_threshold(labels, n, src, dst, weight, taus, partition=partition, max_size=max_size, seed=seed)
+        table, tau = sweep_threshold(labels, n, src, dst, weight, taus, **search)
     whole = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed)
     alone = partition_links(len(rows), local[src[inside]], local[dst[inside]], weight[inside], method=partition, tau=tau,
                             max_size=max_size, seed=seed)

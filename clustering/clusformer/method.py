@@ -117,8 +117,8 @@ class Clusformer(Clusterer):
             heldout = np.zeros(len(labels), dtype=bool)
             heldout[val_rows] = True
 
-            def validate(model: ClusformerNet) -> dict[str, float]:
-                table, tau, scores = self._sweep(model, features, labels, heldout, all_graph, device)
+            def validate(model: ClusformerNet, quick: bool = True) -> dict[str, float]:
+                table, tau, scores = self._sweep(model, features, labels, heldout, all_graph, device, quick)
                 self.sweep_, self.tau_ = table, tau
                 return {
                     "val_tau": tau,
@@ -135,8 +135,8 @@ class Clusformer(Clusterer):
                 model, train_features, labels[train_rows], train_graph, cfg, device,
                 validate=validate, checkpoint=self.checkpoint, progress=self.progress,
             )
-            if validate is not None and (cfg.epochs == 0 or self.sweep_ is None):
-                validate(model)  # zero epochs or all resumed: still tune tau
+            if validate is not None:
+                validate(model, quick=False)  # tau from the full search on the final weights
         self.model_ = model
         if cfg.tau is not None or val_rows is None:
             self.tau_ = cfg.tau if cfg.tau is not None else _DEFAULT_TAU
@@ -144,16 +144,17 @@ class Clusformer(Clusterer):
 
     def _sweep(
         self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, knn: KnnGraph,
-        device: torch.device,
+        device: torch.device, quick: bool,
     ) -> tuple[pd.DataFrame, float, dict[str, float]]:
-        """Tau tuned on the labelled links (``tune_on``): the sweep table, the tau and the F scores at it."""
+        """Tau tuned on the labelled links (``tune_on``; ``quick``: a coarser search, for epochs):
+        the sweep table, the tau and the F scores at it."""
         from clustering.evaluate import tune_link_threshold
 
         cfg = self.config
         ids, probs = predict_sequences(model, features, knn, cfg, device)
         src, dst, weight = undirected_links(len(features), ids, probs, cfg.link_rule)
         return tune_link_threshold(labels, heldout, src, dst, weight, cfg.taus, tune_on=cfg.tune_on,
-                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed)
+                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed, quick=quick)
 
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:

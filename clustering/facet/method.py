@@ -101,8 +101,8 @@ class FaceT(Clusterer):
             fingerprint=_fingerprint(train_features, train_labels),
         )
         if validate is not None:
-            # Tune tau on the kept (best-epoch) weights.
-            validate(self.model)
+            # Tune tau on the kept (best-epoch) weights, with the full search.
+            validate(self.model, quick=False)
             self.tau_, self.tau_table_ = validate.best_tau, validate.table
         return self
 
@@ -221,7 +221,8 @@ class _Validator:
         self.best_tau: float = DEFAULT_TAU
         self.table: list[dict] = []
 
-    def __call__(self, model: FaceTModel) -> dict:
+    def __call__(self, model: FaceTModel, quick: bool = True) -> dict:
+        """Scores of an epoch (``quick``: a coarser tau search) or of the kept weights."""
         from clustering.evaluate import tune_link_threshold
 
         cfg = self.method.config
@@ -229,7 +230,7 @@ class _Validator:
         src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus) if taus else 0.0)
         frame, best_tau, scores = tune_link_threshold(
             self.labels, self.heldout, src, dst, prob, taus, tune_on=cfg.tune_on, partition=cfg.partition,
-            max_size=cfg.max_cluster_size, seed=cfg.seed,
+            max_size=cfg.max_cluster_size, seed=cfg.seed, quick=quick,
         )
         self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
         return {
