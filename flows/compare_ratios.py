@@ -60,6 +60,7 @@ def compare_ratios(
     method: str = "facet",
     method_params: dict[str, Any] | None = None,
     cluster_features: ClusterFeatures = "backbone",
+    clusterer_holdout: float = 0.0,
     backbone: str = "resnet50",
     image_size: int = 112,
     epochs: int = 20,
@@ -82,7 +83,8 @@ def compare_ratios(
         raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
     common = dict(
         data_source=data_source, data_path=data_path, data_options=data_options, method=method,
-        method_params=method_params, cluster_features=cluster_features, backbone=backbone, image_size=image_size, epochs=epochs,
+        method_params=method_params, cluster_features=cluster_features,
+        clusterer_holdout=clusterer_holdout, backbone=backbone, image_size=image_size, epochs=epochs,
         train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k,
         min_cluster_size=min_cluster_size, min_confidence=min_confidence, distractor_sizes=distractor_sizes,
         extract_batch_size=extract_batch_size, device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
@@ -110,12 +112,17 @@ def compare_ratios(
     return publish_comparison(Path(run_dir) / "compare", results, lower)
 
 
+def final_rank1(summary: dict[str, Any]) -> float | None:
+    """Rank-1 at the largest distractor set of a run's final model (the retrained one where there is one)."""
+    return summary.get("rank1_after_largest", summary.get("rank1_before_largest"))
+
+
 def comparison_rows(results: dict[str, dict[str, Any]], lower: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run, in the order lower bound, ratios ascending, upper bound."""
-    base = lower["rank1_before_largest"]
+    base = final_rank1(lower)
     rows = []
     for label, s in results.items():
-        rank1 = s.get("rank1_after_largest", s.get("rank1_before_largest"))
+        rank1 = final_rank1(s)
         rows.append({
             "run": label, "r_U/L": s["ratio"] if s["labels"] != "labelled_only" else 0.0,
             "reached": s["effective_ratio"], "kept": s["n_kept"], "pseudo_classes": s["n_pseudo_classes"],
@@ -133,7 +140,7 @@ def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower:
     upper = next((r for r in rows if r["run"] == "upper-bound"), None)
     size = lower["largest_distractor_size"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot = plot_ratio_sweep([r["r_U/L"] for r in sweep], [r["rank1"] for r in sweep], lower["rank1_before_largest"],
+    plot = plot_ratio_sweep([r["r_U/L"] for r in sweep], [r["rank1"] for r in sweep], final_rank1(lower),
                             upper["rank1"] if upper else None, out_dir / "rank1_vs_ratio.png", size,
                             upper["r_U/L"] if upper else None)
     save_parquet(out_dir / "comparison.parquet", pd.DataFrame(rows, columns=list(TABLE_COLUMNS)))

@@ -9,7 +9,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from clustering.knn import build_knn
-from clustering.pseudo_labels import sample_unlabelled
+from clustering.pseudo_labels import clusterer_holdout_mask, sample_unlabelled
 from semiface.atomic import save_npy
 from semiface.features import load_features
 from semiface.manifest import read_manifest
@@ -28,14 +28,18 @@ def build_knn_task(
     k: int,
     ratio: float | None = None,
     seed: int = 0,
+    holdout: float = 0.0,
 ) -> StageResult:
-    """``subset="labelled"``: every labelled row; ``"unlabelled"``: N_U = ratio x N_L sampled rows.
+    """``subset="labelled"``: every labelled row, or with ``holdout`` > 0 the rows of the labelled
+    identities held out of the first backbone's training; ``"unlabelled"``: N_U = ratio x N_L sampled rows.
 
     Writes ``rows.npy`` (manifest row numbers, the graph's node order) and ``knn.npz``.
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     params = {"subset": subset, "k": k, "ratio": ratio if subset == "unlabelled" else None, "seed": seed}
+    if holdout and subset == "labelled":
+        params["clusterer_holdout"] = holdout
     spec = StageSpec("build_knn", params, (data, features),
                      code=("clustering/knn.py", "clustering/pseudo_labels.py", "semiface", "tasks/build_knn.py"),
                      runtime={"device": ctx.device})
@@ -43,7 +47,9 @@ def build_knn_task(
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         manifest = read_manifest(data.path("manifest"))
         summary: dict[str, Any] = {"subset": subset}
-        if subset == "labelled":
+        if subset == "labelled" and holdout:
+            rows = np.flatnonzero(clusterer_holdout_mask(manifest, holdout, seed))
+        elif subset == "labelled":
             rows = np.flatnonzero(manifest["split"].to_numpy() == "labelled")
         else:
             sample = sample_unlabelled(manifest, ratio, seed)

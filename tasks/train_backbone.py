@@ -25,13 +25,20 @@ def run_training(
     manifest: StageResult | None,
     init: StageResult | None,
     code_file: str,
+    holdout: float = 0.0,
+    seed: int = 0,
 ) -> StageResult:
-    """Train on ``manifest`` (default: the data's own manifest, labelled rows) inside the stage folder."""
+    """Train on ``manifest`` (default: the data's own manifest, labelled rows) inside the stage folder;
+    ``holdout`` > 0 leaves a seeded share of the labelled identities out (for the clusterer)."""
     from backbone.train import TrainConfig, train_backbone
 
     upstream = tuple(r for r in (data, manifest, init) if r is not None)
-    spec = StageSpec(stage, {"train": train, "init": "upstream" if init else "scratch"}, upstream,
-                     code=(*CODE, code_file), runtime={"device": ctx.device, "num_workers": ctx.num_workers})
+    params: dict[str, Any] = {"train": train, "init": "upstream" if init else "scratch"}
+    if holdout:
+        params["clusterer_holdout"] = {"share": holdout, "seed": seed}
+    spec = StageSpec(stage, params, upstream,
+                     code=(*CODE, code_file, "clustering/pseudo_labels.py"),
+                     runtime={"device": ctx.device, "num_workers": ctx.num_workers})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         logger = get_run_logger()
@@ -47,6 +54,13 @@ def run_training(
             progress.update(100.0 * e["epoch"] / e["epochs"])
 
         source = manifest.path("manifest") if manifest else data.path("manifest")
+        if holdout:
+            from clustering.pseudo_labels import clusterer_holdout_mask, without_rows
+            from semiface.manifest import read_manifest, write_manifest
+
+            frame = read_manifest(source)
+            source = write_manifest(without_rows(frame, clusterer_holdout_mask(frame, holdout, seed)),
+                                    folder / "backbone_manifest.parquet")
         record = data.summary.get("record_file")
         model = train_backbone(source, _image_root(data), folder / "train", config, progress=on_epoch,
                                record_file=Path(record) if record else None)
@@ -81,6 +95,9 @@ def _report(result: StageResult) -> str:
 
 @task(name="train-backbone", task_run_name="train-backbone[{ctx.label}]", tags=["stage", "backbone", "gpu"],
       retries=1, retry_delay_seconds=10)
-def train_backbone_task(ctx: StageContext, data: StageResult, train: dict[str, Any]) -> StageResult:
-    """The first model: trained on the labelled rows only (it is also the lower bound)."""
-    return run_training(ctx, "train_backbone", data, train, None, None, "tasks/train_backbone.py")
+def train_backbone_task(
+    ctx: StageContext, data: StageResult, train: dict[str, Any], holdout: float = 0.0, seed: int = 0
+) -> StageResult:
+    """The first model: trained on the labelled rows only (without ``holdout`` > 0, it is also the
+    lower bound); ``holdout``: the share of labelled identities kept for the clusterer."""
+    return run_training(ctx, "train_backbone", data, train, None, None, "tasks/train_backbone.py", holdout, seed)

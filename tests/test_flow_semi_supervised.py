@@ -147,3 +147,23 @@ def test_clusters_can_come_from_the_pretrained_dlib_embedder(prefect_server, tmp
     record = json.loads(next((run_dir / "stages").glob("embed_dlib-*/**/done.json")).read_text())
     assert record["summary"]["no_face"] == record["summary"]["rows"] == len(features)
     assert summary["pairwise_f"] is not None and "rank1_after" in summary
+
+
+def test_clusterer_holdout_keeps_identities_from_the_first_backbone_for_the_clusterer(prefect_server, tmp_path):
+    """clusterer_holdout: the first backbone trains on the other labelled identities, the clusterer's
+    labelled kNN holds only the held-out ones, and the lower bound is retrained on every labelled identity."""
+    run_dir = tmp_path / "run"
+    common = {**TINY, "data_options": {**TINY["data_options"], "n_labelled_ids": 8}, "clusterer_holdout": 0.25}
+    lower = semi_supervised(run_dir=str(run_dir), labels="labelled_only", label="lower", **common)
+    ratio = semi_supervised(run_dir=str(run_dir), labels="clusters", label="ratio", **common)
+    stages = run_dir / "stages"
+
+    def summary_of(stage: str) -> list[dict]:
+        return [json.loads(p.read_text())["summary"] for p in stages.glob(f"{stage}-*/**/done.json")]
+
+    first = summary_of("train_backbone")
+    assert len(first) == 1 and first[0]["num_classes"] == 6  # 8 labelled identities, 2 held out
+    knn = [s for s in summary_of("build_knn") if s["subset"] == "labelled"]
+    assert len(knn) == 1 and knn[0]["nodes"] == 2 * 4  # their 4 images each
+    assert sorted(s["num_classes"] for s in summary_of("retrain")) == [8, 8 + ratio["n_pseudo_classes"]]
+    assert lower["retrained"] and lower["rank1_after"] != lower["rank1_before"]
