@@ -42,7 +42,7 @@ K = 30  # kNN graph of the harness: the baselines' neighbours and Clusformer's k
 # CPU-sized learned methods, fixed a priori (never tuned on a part being clustered).
 FACET = {"preset": "demo", "hop1": 20, "epochs": 6}
 CLUSFORMER = {"k": 30, "d_model": 64, "nhead": 4, "dim_feedforward": 128, "num_encoder_layers": 1,
-              "num_decoder_layers": 1, "epochs": 8, "batch_size": 64, "lr": 2e-3, "max_train_centres": 4000}
+              "num_decoder_layers": 1, "epochs": 8, "batch_size": 64, "lr": 2e-3}
 
 
 def method_params(methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, Any]]:

@@ -121,7 +121,8 @@ def semi_supervised(
     ``clusterer_holdout``: a share of the labelled identities kept out of the first backbone's
     training and used alone to fit the clusterer, so that its thresholds are tuned on people the
     backbone has not seen (as the unlabelled ones); the retraining, and then the lower bound, which
-    is retrained too (same schedule as the ratio runs), use every labelled identity.
+    is retrained too (same schedule as the ratio runs), use every labelled identity. With
+    ``retrain_from="first_model"`` the lower bound is retrained (fine-tuned on the labelled rows) too.
     ``retrain_options``: TrainConfig fields for the retraining only, over those (e.g. fewer ``epochs``
     when it starts from the first model); ``{"heads": "multi"}`` retrains with two margin heads, one for
     the labelled and one for the pseudo-labelled set (default ``"single"``: one head over both).
@@ -182,7 +183,10 @@ def semi_supervised(
                                min_cluster_size, min_confidence)
 
     final_eval = first_eval
-    if has_images and (labels != "labelled_only" or clusterer_holdout):
+    # The lower bound is retrained too when the ratio runs fine-tune the first model (the same extra
+    # epochs on the labelled rows alone: a gain then comes from the pseudo-labels, not from the
+    # epochs) or when the first model left identities out (clusterer_holdout).
+    if has_images and (labels != "labelled_only" or clusterer_holdout or retrain_from == "first_model"):
         init = first_model if retrain_from == "first_model" else None
         retrained = result_of(retrain_task, ctx, data, merged, retrain, init)
         new_features = result_of(extract_features_task, ctx, data, retrained, extract_batch_size)
