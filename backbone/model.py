@@ -71,6 +71,7 @@ class FaceEmbedder(nn.Module):
                 f"ModelConfig.trunk_kwargs: {config.trunk!r} does not accept {config.trunk_kwargs} ({exc})"
             ) from exc
         channels, height, width = self._trunk_output_shape()
+        self.unused_trunk_parameters = self._freeze_unused_trunk_parameters()
         if config.pooling == "flatten":
             self.head = nn.Sequential(
                 nn.BatchNorm2d(channels),
@@ -108,6 +109,24 @@ class FaceEmbedder(nn.Module):
                 shape = tuple(fmap.shape[1:])
         self.trunk.train(was_training)
         return shape  # type: ignore[return-value]
+
+    def _freeze_unused_trunk_parameters(self) -> list[str]:
+        """Names of trunk parameters the forward never uses (e.g. a classifier-side conv that
+        ``forward_features`` skips), now ``requires_grad=False``. Their gradient is always None, so
+        training is unchanged, but DDP would wait for it forever and fail at the second step."""
+        was_training = self.trunk.training
+        self.trunk.eval()  # no BatchNorm statistics change
+        size = self.config.image_size
+        probe = torch.zeros(1, 3, size, size)
+        out = self.trunk.forward_features(probe) if self.config.pooling == "flatten" else self.trunk(probe)
+        out.float().sum().backward()
+        unused = [name for name, param in self.trunk.named_parameters() if param.requires_grad and param.grad is None]
+        for name, param in self.trunk.named_parameters():
+            param.grad = None
+            if name in unused:
+                param.requires_grad_(False)
+        self.trunk.train(was_training)
+        return unused
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "flatten":

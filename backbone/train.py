@@ -306,7 +306,11 @@ def setup_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
         return Distributed(), device
     owns_group = not dist.is_initialized()
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if not 0 <= local_rank < torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but this machine shows {torch.cuda.device_count()} GPU(s) to torch: "
+                              "start at most that many processes per node (torchrun --nproc_per_node) or set CUDA_VISIBLE_DEVICES")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -44,6 +44,30 @@ def _worker(rank: int, out_dir: str) -> None:
 
 
 
+def _unused_parameter_worker(rank: int, out_dir: str) -> None:
+    """Two DDP steps with a trunk whose forward_features leaves parameters unused (mobilenetv3's conv_head)."""
+    world, device = setup_distributed("cpu")
+    torch.manual_seed(0)
+    embedder = FaceEmbedder(ModelConfig("mobilenetv3_small_050", 32, 16))
+    assert embedder.unused_trunk_parameters == ["conv_head.weight", "conv_head.bias"]
+    model = MarginModel(embedder, MarginHead(16, 5))
+    ddp = DistributedDataParallel(model)
+    optimizer = make_optimizer(TrainConfig(trunk="mobilenetv3_small_050", image_size=32), ddp.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [train_step(ddp, optimizer, scaler, _shards()[rank], device, None, GRAD_CLIP) for _ in range(2)]
+    torch.save({"losses": losses}, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_trains_a_trunk_with_unused_parameters(tmp_path, run_ddp_workers):
+    """Without freezing the parameters forward never uses, DDP fails at the second step (it waits for
+    their gradients); frozen at model build, both steps run on both ranks."""
+    run_ddp_workers(__file__, "_unused_parameter_worker", str(tmp_path))
+    for rank in (0, 1):
+        losses = torch.load(tmp_path / f"rank{rank}.pt")["losses"]
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_ddp_step_matches_single_process_gradients(tmp_path, run_ddp_workers):
     # the forked ranks run single-threaded, as DataLoader workers do
     run_ddp_workers(__file__, "_worker", str(tmp_path))

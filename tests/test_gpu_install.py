@@ -168,3 +168,15 @@ def test_auto_warns_loudly_and_cuda_fails_with_the_reason(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=">= 580"):
         devices.resolve_device("cuda")
     devices._warn_cpu_fallback.cache_clear()
+
+
+def test_local_rank_beyond_the_visible_gpus_is_refused(monkeypatch) -> None:
+    """torchrun with more processes than GPUs: a clear error, not a CUDA 'invalid device ordinal' later."""
+    from backbone.train import setup_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1"):
+        setup_distributed("auto")
