@@ -91,14 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="drop pseudo-labelled images whose cluster confidence is below this (default 0)")
     parser.add_argument("--threads", type=int, default=DEMO_THREADS, help="torch intra-op threads (default 1)")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    # Without PREFECT_API_URL Prefect starts a temporary server; on a busy 2-core machine it may need
-    # more than the default 20 s to come up. No telemetry from a demo.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
+    prepare_local_run(args.threads)
     from flows.compare_ratios import compare_ratios
 
     parameters = {**DEMO_PARAMETERS, "run_dir": args.run_dir, "epochs": args.epochs, "device": args.device,
@@ -106,22 +99,38 @@ def main(argv: list[str] | None = None) -> int:
                   "clusterer_holdout": args.clusterer_holdout, "min_confidence": args.min_confidence}
     started = time.perf_counter()
     state = compare_ratios(**parameters, return_state=True)
+    print_outcome(state, args.run_dir, started, "semiface demo")
+    return 0
+
+
+def prepare_local_run(threads: int) -> None:
+    """Torch threads for a shared CPU, and a patient, silent temporary Prefect server when none is set."""
+    import torch
+
+    torch.set_num_threads(threads)
+    # Without PREFECT_API_URL Prefect starts a temporary server; on a busy 2-core machine it may need
+    # more than the default 20 s to come up. No telemetry from a local run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def print_outcome(state: Any, run_dir: str, started: float, name: str) -> None:
+    """Where a finished compare-ratios run put its table and plots, the dashboard link, and the table."""
     summary = state.result()  # raises the flow's error when it failed
     minutes = (time.perf_counter() - started) / 60
     out = Path(summary["table"]).parent
-    print(f"\nsemiface demo finished in {minutes:.1f} min")
-    print(f"run directory: {Path(args.run_dir).resolve()}")
+    print(f"\n{name} finished in {minutes:.1f} min")
+    print(f"run directory: {Path(run_dir).resolve()}")
     print(f"table:         {Path(summary['table']).resolve()}")
     print(f"plot:          {Path(summary['plot']).resolve()}")
-    for name, run in summary["runs"].items():
+    for run_name, run in summary["runs"].items():
         for key in ("results_before", "results_after"):
             if key in run:
-                print(f"  {name} {key.removeprefix('results_')}: {Path(run[key]).parent.resolve()}/*.png")
+                print(f"  {run_name} {key.removeprefix('results_')}: {Path(run[key]).parent.resolve()}/*.png")
     url = dashboard_url(state.state_details.flow_run_id)
     if url:
         print(f"dashboard:     {url}")
     print("\n" + (out / "comparison.md").read_text(encoding="utf-8"))
-    return 0
 
 
 if __name__ == "__main__":

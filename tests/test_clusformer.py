@@ -357,3 +357,14 @@ def test_beats_knn_threshold_union_find_on_generated_benchmark_features():
     assert ours["pairwise_f"] >= knn_uf["pairwise_f"] + 0.05, (ours, knn_uf)
     assert ours["bcubed_f"] >= knn_uf["bcubed_f"] + 0.05, (ours, knn_uf)
     assert ours["noise_ratio"] < knn_uf["noise_ratio"], (ours, knn_uf)
+
+
+def test_pair_stats_can_be_switched_off_for_the_papers_model():
+    """pair_stats=False: the paper's per-position linear head over the transformer outputs, no statistics read."""
+    feats, labels = _blobs(6, 5)
+    plain = make_method("clusformer", **{**_SMALL, "epochs": 1, "pair_stats": False}).fit(feats, labels)
+    assert plain.config.pair_stats is False and plain.model_.pair_norm is None
+    assert isinstance(plain.model_.head, torch.nn.Linear)
+    assert plain.fit_predict(feats, None).shape == (len(feats),)
+    default = make_method("clusformer", **{**_SMALL, "epochs": 1})
+    assert default.config.pair_stats is True

@@ -60,6 +60,7 @@ class Clusformer(Clusterer):
         k: int | None = None,
         radius_step: float | None = None,
         encoding: str | None = None,
+        pair_stats: bool | None = None,
         d_model: int | None = None,
         nhead: int | None = None,
         num_encoder_layers: int | None = None,
