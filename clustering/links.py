@@ -34,11 +34,18 @@ def undirected_links(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique undirected links ``src < dst`` with their weight under ``rule``; links below ``floor`` dropped.
 
-    Vectorised: the directed scores are grouped by pair key with one sort.
+    Vectorised: the directed scores are grouped by pair key with one sort. Directed scores that
+    cannot reach ``floor`` are dropped before the sort (exact: under ``any`` and ``mutual`` a side
+    under the floor never decides a kept link; under ``average`` a side under 2 floor - 1 keeps the
+    mean under the floor), which at paper scale (5.21M x 150 edges) is most of them.
     """
     if rule not in LINK_RULES:
         raise ConfigError(f"link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
     src, dst, p = directed_edges(ids, probs)
+    cut = 2.0 * floor - 1.0 if rule == "average" else floor
+    if cut > 0:
+        reachable = p >= cut
+        src, dst, p = src[reachable], dst[reachable], p[reachable]
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
     key = lo * np.int64(n) + hi
     order = np.argsort(key, kind="stable")
