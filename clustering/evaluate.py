@@ -68,7 +68,8 @@ def sweep_threshold(
 
 
 TUNE_ON = ("heldout", "all")
-QUICK_CANDIDATES = 12
+QUICK_CANDIDATES = 16
+QUICK_REFINE = 4
 
 
 def tune_link_threshold(
@@ -93,7 +94,7 @@ def tune_link_threshold(
     neighbours). ``"all"``: sweep over the whole labelled set, training identities included (their
     links score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of
     the held-out rows and of the whole set, each partitioned at the chosen tau. ``quick``: fewer
-    candidates and no refinement (per-epoch validation: each candidate is one partition).
+    candidates and a shorter refinement (per-epoch validation: each candidate is one partition).
     """
     if tune_on not in TUNE_ON:
         raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
@@ -104,7 +105,7 @@ def tune_link_threshold(
     local[rows] = np.arange(len(rows))
     inside = heldout[src] & heldout[dst]
     search = {"partition": partition, "max_size": max_size, "seed": seed,
-              "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": 0 if quick else REFINE_COUNT}
+              "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": QUICK_REFINE if quick else REFINE_COUNT}
     if tune_on == "heldout":
         table, tau = sweep_threshold(labels[rows], len(rows), local[src[inside]], local[dst[inside]], weight[inside], taus,
                                      **search)
