@@ -106,18 +106,19 @@ def tune_link_threshold(
     inside = heldout[src] & heldout[dst]
     search = {"partition": partition, "max_size": max_size, "seed": seed,
               "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": QUICK_REFINE if quick else REFINE_COUNT}
+    held_links = (local[src[inside]], local[dst[inside]], weight[inside])
+    partition_at = {"method": partition, "max_size": max_size, "seed": seed}
     if tune_on == "heldout":
-        table, tau = sweep_threshold(labels[rows], len(rows), local[src[inside]], local[dst[inside]], weight[inside], taus,
-                                     **search)
+        table, tau = sweep_threshold(labels[rows], len(rows), *held_links, taus, **search)
+        held_scores = table.loc[table["tau"] == tau].iloc[0]
+        all_scores = evaluate_partition(labels, partition_links(n, src, dst, weight, tau=tau, **partition_at))
     else:
         table, tau = sweep_threshold(labels, n, src, dst, weight, taus, **search)
-    whole = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed)
-    alone = partition_links(len(rows), local[src[inside]], local[dst[inside]], weight[inside], method=partition, tau=tau,
-                            max_size=max_size, seed=seed)
-    all_scores, held_scores = evaluate_partition(labels, whole), evaluate_partition(labels[rows], alone)
+        all_scores = table.loc[table["tau"] == tau].iloc[0]
+        held_scores = evaluate_partition(labels[rows], partition_links(len(rows), *held_links, tau=tau, **partition_at))
     return table, tau, {
-        "all_pairwise_f": all_scores["pairwise_f"], "all_bcubed_f": all_scores["bcubed_f"],
-        "heldout_pairwise_f": held_scores["pairwise_f"], "heldout_bcubed_f": held_scores["bcubed_f"],
+        "all_pairwise_f": float(all_scores["pairwise_f"]), "all_bcubed_f": float(all_scores["bcubed_f"]),
+        "heldout_pairwise_f": float(held_scores["pairwise_f"]), "heldout_bcubed_f": float(held_scores["bcubed_f"]),
     }
 
 
