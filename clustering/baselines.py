@@ -29,6 +29,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix, csr_matrix
 
 from clustering.base import Clusterer, register
+from clustering.identities import TUNE_SAMPLES, identity_slice
 from clustering.knn import KnnGraph, build_knn
 from clustering.metrics import evaluate_partition
 from clustering.partition import link_confidence, partition_links
@@ -57,15 +58,6 @@ def knn_graph_for(features: np.ndarray, knn: KnnGraph | None, k: int) -> KnnGrap
     return build_knn(features, k)
 
 
-def identity_slice(labels: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
-    """Row numbers of whole identities, drawn in seeded random order, up to ``max_samples`` rows (at least one identity)."""
-    identities, counts = np.unique(labels, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(identities))
-    taken = np.cumsum(counts[order]) <= max_samples
-    taken[0] = True
-    return np.flatnonzero(np.isin(labels, identities[order][taken]))
-
-
 class ThresholdBaseline(Clusterer):
     """A training-free method with one threshold, tuned on labelled features when not given.
 
@@ -86,6 +78,8 @@ class ThresholdBaseline(Clusterer):
     def __post_init__(self) -> None:
         if self.k < 2:
             raise ConfigError(f"{self.name}: k must be >= 2 (the sample itself and a neighbour), got {self.k}")
+        if self.tune_samples < 1:
+            raise ConfigError(f"{self.name}: tune_samples must be >= 1 (rows the threshold is tuned on), got {self.tune_samples}")
         grid = getattr(self, self.grid_field)
         if grid is not None and len(grid) == 0:
             raise ConfigError(f"{self.name}: {self.grid_field} is empty: nothing to tune {self.threshold_field} over "
@@ -181,7 +175,7 @@ class KnnUnionFind(ThresholdBaseline):
     taus: tuple[float, ...] | None = None
     max_size: int | None = None
     min_size: int = 1
-    tune_samples: int = 20_000
+    tune_samples: int = TUNE_SAMPLES
     seed: int = 0
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
@@ -217,7 +211,7 @@ class KnnInfomap(ThresholdBaseline):
     markov_time: float = 1.0
     max_size: int | None = None
     min_size: int = 1
-    tune_samples: int = 20_000
+    tune_samples: int = TUNE_SAMPLES
     seed: int = 0
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
@@ -266,7 +260,7 @@ class KnnDbscan(ThresholdBaseline):
     eps: float | None = None
     eps_grid: tuple[float, ...] | None = None
     min_samples: int = 4
-    tune_samples: int = 20_000
+    tune_samples: int = TUNE_SAMPLES
     seed: int = 0
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
@@ -299,7 +293,7 @@ class KnnHac(ThresholdBaseline):
     distance_threshold: float | None = None
     distance_thresholds: tuple[float, ...] | None = None
     linkage: str = "average"
-    tune_samples: int = 20_000
+    tune_samples: int = TUNE_SAMPLES
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -74,7 +74,7 @@ class PairGbdt(Clusterer):
     def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> PairGbdt:
         """Fit on a share of the labelled identities, tune tau on the rest, refit on all."""
         from clustering.evaluate import sweep_threshold
-        from clustering.facet.method import split_by_identity
+        from clustering.identities import split_by_identity
 
         check_features(features, "labelled features")
         labels = np.asarray(labels)

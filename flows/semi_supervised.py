@@ -177,7 +177,8 @@ def semi_supervised(
             merged = result_of(merge_pseudo_labels_task, ctx, data, "upper_bound", sample)
         else:
             knn_labelled = result_of(build_knn_task, ctx, data, to_cluster, "labelled", k, None, seed, clusterer_holdout)
-            trained = result_of(train_clusterer_task, ctx, data, to_cluster, knn_labelled, method, method_params)
+            trained = result_of(train_clusterer_task, ctx, data, to_cluster, knn_labelled, method, method_params,
+                                sample.summary["sample"]["sampled"])
             clusters = result_of(cluster_task, ctx, data, to_cluster, sample, trained, method, method_params)
             merged = result_of(merge_pseudo_labels_task, ctx, data, "pseudo", sample, clusters,
                                min_cluster_size, min_confidence)

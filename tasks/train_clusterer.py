@@ -34,6 +34,14 @@ def build_method(method: str, params: dict[str, Any], device: str, work: Path | 
     return make_method(method, **params, **extra) if extra else probe
 
 
+def with_tune_samples(method: str, params: dict[str, Any], target_rows: int | None) -> dict[str, Any]:
+    """``params`` with ``tune_samples=target_rows`` when the method takes it and it is not set."""
+    if target_rows is None or "tune_samples" in params:
+        return params
+    accepted = inspect.signature(type(make_method(method, **params))).parameters
+    return {**params, "tune_samples": int(target_rows)} if "tune_samples" in accepted else params
+
+
 def load_method(method: str, params: dict[str, Any], trained: StageResult, device: str) -> Clusterer:
     """The trained method of ``trained`` when it has one, else a fresh (training-free) method."""
     if "model" not in trained.outputs:
@@ -61,9 +69,15 @@ def train_clusterer_task(
     knn: StageResult,
     method: str,
     params: dict[str, Any],
+    target_rows: int | None = None,
 ) -> StageResult:
-    """Fit ``method`` on the labelled rows of ``knn``; methods that learn nothing record just that."""
-    key_params = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
+    """Fit ``method`` on the labelled rows of ``knn``; methods that learn nothing record just that.
+
+    ``target_rows``: the size of the set to be clustered. A method that tunes its threshold on a
+    labelled slice (``tune_samples``) takes that size unless ``params`` gives one, so every method
+    tunes on the same rows, at the density it will cluster.
+    """
+    key_params = with_tune_samples(method, {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}, target_rows)
     spec = StageSpec("train_clusterer", {"method": method, "params": key_params}, (data, features, knn),
                      code=(*CODE, "tasks/train_clusterer.py"), runtime={"device": ctx.device})
 

@@ -8,7 +8,7 @@ import torch
 
 from clustering.base import make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits
-from clustering.facet import FaceT, FaceTConfig, FaceTModel, split_by_identity
+from clustering.facet import FaceT, FaceTConfig, FaceTModel
 from clustering.facet.neighbours import enhance_nodes, gather_sequences, neighbour_table
 from clustering.facet.train import TrainData, candidate_links, train_model
 from clustering.knn import build_knn
@@ -226,14 +226,6 @@ def test_registry_parameters_and_presets() -> None:
         make_method("facet", variant="only_gcn")
     with pytest.raises(ConfigError, match="preset"):
         make_method("facet", preset="huge")
-
-
-def test_split_by_identity_keeps_identities_whole() -> None:
-    labels = np.repeat(np.arange(10), 3)
-    train, val = split_by_identity(labels, 0.2, seed=0)
-    assert len(np.unique(labels[val])) == 2 and not set(labels[train]) & set(labels[val])
-    assert sorted(np.concatenate([train, val])) == list(range(30))
-    assert len(split_by_identity(labels, 0.0, seed=0)[1]) == 0
 
 
 def test_bad_input_is_refused_with_clear_errors(tmp_path) -> None:

@@ -4,7 +4,7 @@ Importing this package registers the method "clusformer" (and so "clusformer+inf
 """
 
 from clustering.clusformer.config import ClusformerConfig
-from clustering.clusformer.method import Clusformer, split_by_identity
+from clustering.clusformer.method import Clusformer
 from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.sequences import SequenceBatch, build_sequences
 
@@ -14,5 +14,4 @@ __all__ = [
     "ClusformerNet",
     "SequenceBatch",
     "build_sequences",
-    "split_by_identity",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
 from semiface.errors import ConfigError
 
@@ -61,6 +62,10 @@ class ClusformerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.2
+    # rows (whole labelled identities) tau is tuned on after training, and each epoch is scored on
+    # (see FaceTConfig and clustering.identities)
+    tune_samples: int = TUNE_SAMPLES
+    epoch_val_samples: int = EPOCH_VAL_SAMPLES
     max_train_centres: int | None = None
     seed: int = 0
     # inference and partition
@@ -88,7 +93,7 @@ class ClusformerConfig:
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
         for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
-                     "batch_size", "infer_batch_size", "min_size"):
+                     "batch_size", "infer_batch_size", "min_size", "tune_samples", "epoch_val_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"clusformer: {name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:

@@ -1,14 +1,15 @@
 """``Clusformer``: the clustering method behind the harness interface (registered as "clusformer").
 
-fit: hold out a slice of whole labelled identities, train the network on the other identities, and
-after every epoch cluster the whole labelled set (held-out slice included) and sweep tau on it: FP/FB
-per epoch, and the tau of the last epoch is kept (tuned on labelled data only, never on the data
-clustered). Why the whole labelled set and not the slice alone: union-find chains more as the set
-grows denser, so a tau tuned on a small, sparse slice is far too low for a set the size of the
-labelled one (on generated benchmark features: 0.5 on the slice vs 0.95 best on a test part; the
-whole labelled set gave 0.97). The held-out identities are what the network has not seen: links
-from them into training identities are the false merges the sweep must price in. Their own scores
-are reported as ``heldout_pairwise_f`` / ``heldout_bcubed_f``.
+fit: hold out a share of whole labelled identities, train the network on the other identities, and
+after every epoch cluster a slice of whole labelled identities (``epoch_val_samples`` rows, held-out
+and trained identities together) and sweep tau on it: FP/FB per epoch. After training, tau is tuned
+on the ``tune_samples`` slice (the rows the baselines tune on; the flow sizes it like the set to
+cluster), never on the data clustered. Why trained and held-out identities together and not the
+held-out ones alone: union-find chains more as the set grows denser, so a tau tuned on a small,
+sparse slice is far too low for a larger set (on generated benchmark features: 0.5 on the slice vs
+0.95 best on a test part; the whole labelled set gave 0.97). The held-out identities are what the
+network has not seen: links from them into training identities are the false merges the sweep must
+price in. Their own scores are reported as ``heldout_pairwise_f`` / ``heldout_bcubed_f``.
 fit_predict: sequences for every centre in batches, link probabilities, undirected links under the
 link rule, partition (union-find with optional size cap, or Infomap), per-sample confidence.
 """
@@ -16,6 +17,7 @@ link rule, partition (union-find with optional size cap, or Infomap), per-sample
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from clustering.base import Clusterer, register
 from clustering.clusformer.config import ClusformerConfig
 from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
+from clustering.identities import split_by_identity, validation_slice
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
@@ -72,6 +75,8 @@ class Clusformer(Clusterer):
         lr: float | None = None,
         weight_decay: float | None = None,
         val_fraction: float | None = None,
+        tune_samples: int | None = None,
+        epoch_val_samples: int | None = None,
         max_train_centres: int | None = None,
         seed: int | None = None,
         infer_batch_size: int | None = None,
@@ -110,24 +115,17 @@ class Clusformer(Clusterer):
         train_rows, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
         if knn is not None:
             _check_graph(knn, features.shape[0])
-        train_graph = self._graph_for(features[train_rows], knn if val_rows is None else None)
+        train_graph = self._graph_for(features[train_rows], knn if len(val_rows) == 0 else None)
         train_features = features[train_rows]
-        validate = None
-        if val_rows is not None:
-            all_graph = self._graph_for(features, knn)
+        validate = tune = None
+        if len(val_rows):
             heldout = np.zeros(len(labels), dtype=bool)
             heldout[val_rows] = True
-
-            def validate(model: ClusformerNet, quick: bool = True) -> dict[str, float]:
-                table, tau, scores = self._sweep(model, features, labels, heldout, all_graph, device, quick)
-                self.sweep_, self.tau_ = table, tau
-                return {
-                    "val_tau": tau,
-                    "val_pairwise_f": scores["all_pairwise_f"],
-                    "val_bcubed_f": scores["all_bcubed_f"],
-                    "heldout_pairwise_f": scores["heldout_pairwise_f"],
-                    "heldout_bcubed_f": scores["heldout_bcubed_f"],
-                }
+            tune_rows = validation_slice(labels, heldout, cfg.tune_samples, cfg.seed)
+            epoch_rows = validation_slice(labels, heldout, min(cfg.epoch_val_samples, cfg.tune_samples), cfg.seed)
+            tune = self._validator(features, labels, heldout, tune_rows, knn, device)
+            validate = tune if len(epoch_rows) == len(tune_rows) else self._validator(
+                features, labels, heldout, epoch_rows, knn, device)
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
@@ -136,12 +134,35 @@ class Clusformer(Clusterer):
                 model, train_features, labels[train_rows], train_graph, cfg, device,
                 validate=validate, checkpoint=self.checkpoint, progress=self.progress,
             )
-            if validate is not None:
-                validate(model, quick=False)  # tau from the full search on the final weights
+            if tune is not None:
+                tune(model, quick=False)  # tau from the full search on the final weights
         self.model_ = model
-        if cfg.tau is not None or val_rows is None:
+        if cfg.tau is not None or len(val_rows) == 0:
             self.tau_ = cfg.tau if cfg.tau is not None else _DEFAULT_TAU
         return self
+
+    def _validator(
+        self, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, rows: np.ndarray,
+        knn: KnnGraph | None, device: torch.device,
+    ) -> Callable[..., dict[str, float]]:
+        """Scores of a model on the labelled ``rows`` (their own graph unless they are all rows);
+        each call sets ``sweep_`` and ``tau_``."""
+        if len(rows) < len(labels):
+            features, labels, heldout, knn = features[rows], labels[rows], heldout[rows], None
+        graph = self._graph_for(features, knn)
+
+        def validate(model: ClusformerNet, quick: bool = True) -> dict[str, float]:
+            table, tau, scores = self._sweep(model, features, labels, heldout, graph, device, quick)
+            self.sweep_, self.tau_ = table, tau
+            return {
+                "val_tau": tau,
+                "val_pairwise_f": scores["all_pairwise_f"],
+                "val_bcubed_f": scores["all_bcubed_f"],
+                "heldout_pairwise_f": scores["heldout_pairwise_f"],
+                "heldout_bcubed_f": scores["heldout_bcubed_f"],
+            }
+
+        return validate
 
     def _sweep(
         self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, knn: KnnGraph,
@@ -241,22 +262,6 @@ class Clusformer(Clusterer):
     def params(self) -> dict[str, Any]:
         """The full configuration in effect."""
         return self.config.to_dict()
-
-
-def split_by_identity(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Row indices of the training part and of the validation slice (whole identities; None when too small)."""
-    rows = np.arange(len(labels))
-    identities = np.unique(labels)
-    n_val = int(round(val_fraction * len(identities)))
-    if n_val < 2 or len(identities) - n_val < 2:
-        return rows, None
-    chosen = np.random.default_rng(seed).choice(identities, size=n_val, replace=False)
-    in_val = np.isin(labels, chosen)
-    if in_val.sum() < 2 or (~in_val).sum() < 2:
-        return rows, None
-    return rows[~in_val], rows[in_val]
 
 
 def _check_graph(knn: KnnGraph, n: int) -> None:

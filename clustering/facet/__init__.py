@@ -2,7 +2,7 @@
 features; importing this package registers the ``facet`` method."""
 
 from clustering.facet.config import FaceTConfig
-from clustering.facet.method import FaceT, split_by_identity
+from clustering.facet.method import FaceT
 from clustering.facet.model import FaceTModel, LinkagePredictor, RelationEncoder
 
-__all__ = ["FaceT", "FaceTConfig", "FaceTModel", "LinkagePredictor", "RelationEncoder", "split_by_identity"]
+__all__ = ["FaceT", "FaceTConfig", "FaceTModel", "LinkagePredictor", "RelationEncoder"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
 from semiface.errors import ConfigError, reject_unknown
 
@@ -52,6 +53,11 @@ class FaceTConfig:
     # of the whole labelled set); "all" = the whole labelled set, trained identities included (their
     # links score higher than unseen people's, which pulls tau too low for new data).
     tune_on: str = "all"
+    # Rows (whole labelled identities, clustering.identities) tau is tuned on after training: the
+    # same slice the baselines tune on; the flow sets it to the size of the set to be clustered.
+    tune_samples: int = TUNE_SAMPLES
+    # Rows each epoch is scored on (the first rows of the tune slice): epoch choice only.
+    epoch_val_samples: int = EPOCH_VAL_SAMPLES
     # None: candidates from quantiles of the validation link scores, refined (clustering.thresholds)
     tau_grid: tuple[float, ...] | None = None
     seed: int = 0
@@ -121,6 +127,8 @@ class FaceTConfig:
             (self.epochs >= 0 and self.batch_size >= 1, f"epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"),
             (self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr > 0, weight_decay >= 0, warmup_steps >= 0"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.tune_samples >= 1 and self.epoch_val_samples >= 1,
+             f"tune_samples and epoch_val_samples must be >= 1, got {self.tune_samples}, {self.epoch_val_samples}"),
             (self.tau_grid is None or (len(self.tau_grid) > 0 and all(0.0 < t < 1.0 for t in self.tau_grid))
              , "tau_grid must be None (adaptive) or values in (0, 1)"),
             (self.tau is None or 0.0 <= self.tau < 1.0, f"tau must be in [0, 1) or None, got {self.tau}"),

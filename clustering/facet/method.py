@@ -18,6 +18,7 @@ from clustering.facet.infer import link_probabilities
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
+from clustering.identities import split_by_identity, validation_slice
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
@@ -67,12 +68,14 @@ class FaceT(Clusterer):
     def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> FaceT:
         """Train on labelled ``features`` [N, D] / ``labels`` [N].
 
-        Identities held out by ``val_fraction`` are not trained on. After every epoch the whole
-        labelled set (held-out identities in context) is clustered at every tau of the grid:
-        tau is tuned there and the epoch with the best held-out FP/FB is kept. Why the whole set
-        and not the slice alone: union-find chains more as a set grows denser, so a tau tuned on
-        a small sparse slice is far too low for a set the size of the labelled one (the
-        Clusformer helper found the same). ``knn`` (of all N rows) is reused where deep enough.
+        Identities held out by ``val_fraction`` are not trained on. After every epoch a slice of
+        whole labelled identities (``epoch_val_samples`` rows, held-out identities among trained
+        ones) is clustered at the candidate taus and the epoch with the best held-out FP/FB is
+        kept; tau is then tuned on the ``tune_samples`` slice (the baselines' slice; the flow
+        sizes it like the set to cluster). Why a slice of trained and held-out identities and not
+        the held-out ones alone: union-find chains more as a set grows denser, so tau must be
+        tuned on a set as dense as the one it will cluster. ``knn`` (of all N rows) is reused
+        where a slice is the whole set and the graph is deep enough.
         """
         cfg = self.config
         features, labels = _checked_labelled(features, labels)
@@ -84,11 +87,15 @@ class FaceT(Clusterer):
         train_features, train_labels = features[train_rows], labels[train_rows]
         train_part = self._neighbourhood(train_features, knn if len(val_rows) == 0 else None, device)
         self.model = FaceTModel(features.shape[1], cfg).to(device)
-        validate = None
+        validate = tune = None
         if len(val_rows):
             heldout = np.zeros(len(labels), dtype=bool)
             heldout[val_rows] = True
-            validate = _Validator(self, features, labels, self._neighbourhood(features, knn, device), heldout)
+            tune_rows = validation_slice(labels, heldout, cfg.tune_samples, cfg.seed)
+            epoch_rows = validation_slice(labels, heldout, min(cfg.epoch_val_samples, cfg.tune_samples), cfg.seed)
+            tune = self._validator(features, labels, heldout, tune_rows, knn, device)
+            validate = tune if len(epoch_rows) == len(tune_rows) else self._validator(
+                features, labels, heldout, epoch_rows, knn, device)
         data = TrainData(
             features=torch.as_tensor(train_features).to(device),
             labels=torch.as_tensor(train_labels).to(device),
@@ -100,11 +107,21 @@ class FaceT(Clusterer):
             self.model, cfg, data, validate=validate, checkpoint=checkpoint,
             fingerprint=_fingerprint(train_features, train_labels),
         )
-        if validate is not None:
+        if tune is not None:
             # Tune tau on the kept (best-epoch) weights, with the full search.
-            validate(self.model, quick=False)
-            self.tau_, self.tau_table_ = validate.best_tau, validate.table
+            tune(self.model, quick=False)
+            self.tau_, self.tau_table_ = tune.best_tau, tune.table
         return self
+
+    def _validator(
+        self, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, rows: np.ndarray,
+        knn: KnnGraph | None, device: torch.device,
+    ) -> _Validator:
+        """A validator over the labelled ``rows`` (a graph of their own unless they are all rows)."""
+        if len(rows) == len(labels):
+            return _Validator(self, features, labels, self._neighbourhood(features, knn, device), heldout)
+        part = features[rows]
+        return _Validator(self, part, labels[rows], self._neighbourhood(part, None, device), heldout[rows])
 
     # ---- inference ------------------------------------------------------------------------
     def predict_links(
@@ -237,21 +254,6 @@ class _Validator:
             "val_tau": self.best_tau, "all_pairwise_f": scores["all_pairwise_f"], "all_bcubed_f": scores["all_bcubed_f"],
             "pairwise_f": scores["heldout_pairwise_f"], "bcubed_f": scores["heldout_bcubed_f"],
         }
-
-
-def split_by_identity(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, validation): a random ``fraction`` of identities goes to validation.
-
-    No validation rows when ``fraction`` is 0 or there are fewer than 2 identities.
-    """
-    identities = np.unique(labels)
-    n_val = int(round(fraction * len(identities)))
-    if fraction <= 0 or len(identities) < 2:
-        n_val = 0
-    n_val = min(max(n_val, 1 if fraction > 0 else 0), len(identities) - 1)
-    held_out = np.random.default_rng(seed).choice(identities, size=n_val, replace=False)
-    is_val = np.isin(labels, held_out)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def _checked_labelled(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "facet-train-v1"
 # Fields that do not change what training computes: a checkpoint may be resumed across them.
 RUNTIME_FIELDS = frozenset(
-    {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "tune_on", "max_cluster_size", "min_cluster_size"}
+    {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "tune_on", "tune_samples", "max_cluster_size", "min_cluster_size"}
 )
 
 
