@@ -33,7 +33,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,14 @@ from backbone.checkpoint import (
     require_same_architecture,
     save_checkpoint,
 )
-from backbone.margin import DEFAULT_MARGIN, MARGINS, MarginHead, TwoHeadMargin
-from backbone.model import POOLINGS, FaceEmbedder, ModelConfig, build_model
+from backbone.distributed import gather_objects, setup_distributed
+from backbone.margin import MarginHead, TwoHeadMargin
+from backbone.model import FaceEmbedder, build_model
+from backbone.steps import MarginModel, learning_rate, make_optimizer, train_step
+from backbone.train_config import RUNTIME_FIELDS, TrainConfig
 from semiface.atomic import save_json
-from semiface.devices import autocast_dtype, resolve_device
-from semiface.errors import ConfigError, DataError, SemifaceError, reject_unknown
+from semiface.devices import autocast_dtype
+from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
 from semiface.seeding import seed_everything
 
@@ -67,106 +70,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 TRAINING_SPLITS = ("labelled", "unlabelled")  # unlabelled rows carry a label only as pseudo-labels
-HEADS = ("single", "multi")  # one margin head over all classes, or one for the labelled and one for the pseudo set
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "poly")
-DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-# Fields that change how a run executes, not what it computes: ignored when a run directory is reused.
-RUNTIME_FIELDS = frozenset({"num_workers", "device", "verbose"})
 
 
 class TrainingError(SemifaceError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Model, margin, optimiser, schedule and run settings of one training run."""
-
-    trunk: str = "resnet50"
-    image_size: int = 112
-    embedding_dim: int = 256
-    pooling: str = "flatten"
-    dropout: float = 0.0
-    margin: str = "arcface"
-    s: float = 64.0
-    m: float | None = None  # None: 0.5 for arcface, 0.35 for cosface
-    easy_margin: bool = False
-    sample_fraction: float = 1.0  # < 1: Partial-FC sampled softmax
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adamw
-    momentum: float = 0.9
-    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
-    schedule: str = "step"
-    warmup_epochs: float = 1.0
-    lr_milestones: tuple[float, ...] = (0.4, 0.7, 0.9)  # step decay points, as fractions of all steps
-    lr_gamma: float = 0.1
-    poly_power: float = 2.0
-    epochs: int = 20
-    batch_size: int = 128  # global: split over the DDP processes
-    grad_clip: float | None = 5.0
-    aug_strength: float = 0.5
-    num_workers: int = 4
-    device: str = "auto"
-    seed: int = 0
-    init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
-    num_classes: int | None = None  # None: 1 + the largest label
-    heads: str = "single"  # "multi": a labelled-set head and a pseudo-set head (retraining manifests)
-    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
-    verbose: bool = True  # progress bar and per-epoch summary line on stderr
-
-    def __post_init__(self) -> None:
-        choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS,
-                   "heads": HEADS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"TrainConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,
-            "sample_fraction": 0.0 < self.sample_fraction <= 1.0,
-            "aug_strength": 0.0 <= self.aug_strength <= 1.0,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "lr": self.lr is None or self.lr > 0,
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "num_workers": self.num_workers >= 0,
-            "num_classes": self.num_classes is None or self.num_classes >= 2,
-            "lr_milestones": all(0.0 < x < 1.0 for x in self.lr_milestones),
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"TrainConfig.{name}: invalid value {getattr(self, name)!r}")
-        object.__setattr__(self, "lr_milestones", tuple(float(x) for x in self.lr_milestones))
-        self.model_config()  # validates image_size, embedding_dim, dropout
-
-    @property
-    def resolved_lr(self) -> float:
-        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
-
-    @property
-    def resolved_weight_decay(self) -> float:
-        return DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
-
-    @property
-    def resolved_m(self) -> float:
-        return DEFAULT_MARGIN[self.margin] if self.m is None else self.m
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(self.trunk, self.image_size, self.embedding_dim, self.pooling, self.dropout)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["lr_milestones"] = list(self.lr_milestones)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        reject_unknown(values, {f.name for f in fields(cls)}, "TrainConfig")
-        values = dict(values)
-        if "lr_milestones" in values:
-            values["lr_milestones"] = tuple(values["lr_milestones"])
-        return cls(**values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,109 +189,6 @@ class _EpochSeededRows(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed context
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """Rank and world size (1 process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); pick the device."""
-    device = resolve_device(device_spec)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed(), device
-    owns_group = not dist.is_initialized()
-    if device.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if not 0 <= local_rank < torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local_rank} but this machine shows {torch.cuda.device_count()} GPU(s) to torch: "
-                              "start at most that many processes per node (torchrun --nproc_per_node) or set CUDA_VISIBLE_DEVICES")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if owns_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), owns_group), device
-
-
-# ----------------------------------------------------------------------------------------------
-# Steps and schedule
-
-
-class MarginModel(nn.Module):
-    """Embedder + margin head (one or two); ``forward`` returns the loss (the unit DDP wraps)."""
-
-    def __init__(self, embedder: FaceEmbedder, head: MarginHead | TwoHeadMargin) -> None:
-        super().__init__()
-        self.embedder, self.head = embedder, head
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embedder(images), labels, weights)
-
-
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then step decay at ``lr_milestones`` or polynomial decay to 0 (a function of the step)."""
-    base = config.resolved_lr
-    total = config.epochs * steps_per_epoch
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if config.schedule == "step":
-        return base * config.lr_gamma ** sum(step >= x * total for x in config.lr_milestones)
-    return base * (1.0 - (step - warmup) / (total - warmup)) ** config.poly_power
-
-
-def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.resolved_lr, momentum=config.momentum, weight_decay=config.resolved_weight_decay
-        )
-    return torch.optim.AdamW(params, lr=config.resolved_lr, weight_decay=config.resolved_weight_decay)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    grad_clip: float | None,
-) -> float:
-    """One optimisation step; returns the loss (averaged over ranks). A non-finite loss skips the update."""
-    images, labels, weights = (t.to(device, non_blocking=True) for t in batch)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = model(images, labels, weights)
-    value = loss.detach().clone()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    loss_value = float(value)
-    if not math.isfinite(loss_value):
-        return loss_value  # every rank sees the same reduced value and stops together
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss_value
-
-
-# ----------------------------------------------------------------------------------------------
 # RNG state (saved per rank, restored on resume)
 
 
@@ -407,14 +211,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _gather(obj: Any, world: Distributed) -> list[Any]:
-    if world.world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * world.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,7 +416,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
                    "lr": lr, "images_per_sec": steps_per_epoch * config.batch_size / seconds, "seconds": seconds,
                    "num_images": len(rows.labels), "num_classes": rows.num_classes}
         history.append(summary)
-        rng_states = _gather(_rng_state(device), world)
+        rng_states = gather_objects(_rng_state(device), world)
         if world.is_main:
             save_checkpoint(checkpoint_path, {
                 **_model_payload(config, embedder, head, rows, epoch + 1, step, history),

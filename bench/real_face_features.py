@@ -30,7 +30,8 @@ import torch
 
 from backbone.data.folder import scan_image_folder
 from backbone.extract import extract_features
-from backbone.train import RUNTIME_FIELDS, TrainConfig, train_backbone
+from backbone.train import train_backbone
+from backbone.train_config import RUNTIME_FIELDS, TrainConfig
 from semiface.atomic import save_json
 from semiface.errors import DataError
 from semiface.features import check_features, load_features

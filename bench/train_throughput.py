@@ -1,6 +1,6 @@
 """Training and extraction throughput of the backbone (img/s) with peak memory.
 
-Runs the real training step (``backbone.train.train_step``: forward, margin loss, backward,
+Runs the real training step (``backbone.steps.train_step``: forward, margin loss, backward,
 gradient clipping, SGD update) and the real extraction step (``backbone.extract.embed_with_flip``:
 flip TTA, so two forward passes per image) on synthetic batches, for resnet50 at 112x112 and
 the demo trunk, on the CPU and, when present, on CUDA (bf16/fp16 autocast, channels_last).
@@ -23,7 +23,8 @@ import torch
 from backbone.extract import embed_with_flip
 from backbone.margin import MarginHead
 from backbone.model import DEMO_MODEL, ModelConfig, build_model
-from backbone.train import MarginModel, TrainConfig, make_optimizer, train_step
+from backbone.steps import MarginModel, make_optimizer, train_step
+from backbone.train_config import TrainConfig
 from bench.measure import PeakRss, machine_info
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype

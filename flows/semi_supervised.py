@@ -45,7 +45,7 @@ DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 def train_settings(backbone: str, image_size: int, epochs: int, seed: int,
                    train_options: dict[str, Any] | None) -> dict[str, Any]:
     """The TrainConfig fields of both trainings (validated; run-time fields are the tasks')."""
-    from backbone.train import TrainConfig
+    from backbone.train_config import TrainConfig
 
     settings = {"trunk": backbone, "image_size": image_size, "epochs": epochs, "seed": seed, **(train_options or {})}
     owned = sorted(TASK_OWNED & set(settings))

@@ -30,7 +30,8 @@ def run_training(
 ) -> StageResult:
     """Train on ``manifest`` (default: the data's own manifest, labelled rows) inside the stage folder;
     ``holdout`` > 0 leaves a seeded share of the labelled identities out (for the clusterer)."""
-    from backbone.train import TrainConfig, train_backbone
+    from backbone.train import train_backbone
+    from backbone.train_config import TrainConfig
 
     upstream = tuple(r for r in (data, manifest, init) if r is not None)
     params: dict[str, Any] = {"train": train, "init": "upstream" if init else "scratch"}

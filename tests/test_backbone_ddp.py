@@ -9,9 +9,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from backbone.distributed import setup_distributed
 from backbone.margin import MarginHead
 from backbone.model import FaceEmbedder, ModelConfig
-from backbone.train import MarginModel, TrainConfig, make_optimizer, setup_distributed, train_step
+from backbone.steps import MarginModel, make_optimizer, train_step
+from backbone.train_config import TrainConfig
 
 GRAD_CLIP = 5.0
 

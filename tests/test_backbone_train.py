@@ -19,9 +19,11 @@ from backbone.augment import eval_transform
 from backbone.checkpoint import load_checkpoint, load_embedder, save_checkpoint
 from backbone.data.dataset import ManifestImageDataset
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip, extract_features
 from backbone.model import ModelConfig, build_model
-from backbone.train import TrainConfig, TrainingError, select_training_rows, train_backbone
+from backbone.train import TrainingError, select_training_rows, train_backbone
+from backbone.train_config import TrainConfig
 from recognition_eval.identification import identification_cmc
 from semiface.errors import ConfigError, DataError
 from semiface.manifest import read_manifest, write_manifest
@@ -137,7 +139,7 @@ def test_training_items_carry_their_rows_image_label_and_weight(small_manifest, 
     frame = read_manifest(small_manifest)
     rows = select_training_rows(frame.assign(weight=np.linspace(0.1, 1.0, len(frame))), small_manifest)
     config = replace(SHORT, aug_strength=0.0)
-    data, _, loader = train_module._make_loader(config, rows, demo.parent, None, train_module.Distributed(), 16,
+    data, _, loader = train_module._make_loader(config, rows, demo.parent, None, Distributed(), 16,
                                                 torch.device("cpu"))
     plain = ManifestImageDataset(frame, demo.parent, transform=eval_transform(config.image_size))
     for i in (0, 13, len(frame) - 1):

@@ -99,7 +99,7 @@ def test_demo_deployment_runs_to_completed_on_a_process_worker(prefect_env, tmp_
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect("--no-prompt", "deploy", "--all", env=env, timeout=180)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert "semi-supervised/demo" in deployed.stdout and "semi-supervised/ms1m" in deployed.stdout
+    assert all(f"semi-supervised/{name}" in deployed.stdout for name in ("demo", "ms1m", "ms1m-clusformer"))
 
     worker_log = tmp_path / "worker.log"
     with open(worker_log, "w") as log:
@@ -119,3 +119,21 @@ def test_demo_deployment_runs_to_completed_on_a_process_worker(prefect_env, tmp_
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 12
     assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+
+
+def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:
+    import yaml
+
+    from clustering.base import make_method
+
+    deployments = {d["name"]: d["parameters"] for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]}
+    facet, clusformer = deployments["ms1m"], deployments["ms1m-clusformer"]
+    assert {k: v for k, v in clusformer.items() if k not in ("method", "method_params", "label")} == \
+        {k: v for k, v in facet.items() if k not in ("method", "method_params", "label")}  # the same run otherwise
+    facet_cfg = make_method(facet["method"], **facet["method_params"]).config
+    assert (facet_cfg.hop1, facet_cfg.depth, facet_cfg.heads * facet_cfg.head_dim, facet_cfg.epochs) == (150, 2, 256, 60)
+    assert facet["k"] >= facet_cfg.hop1 + 1  # the flow's graph is deep enough for FaceT's sequences
+    cfg = make_method(clusformer["method"], **clusformer["method_params"]).config
+    assert (cfg.k, cfg.d_model, cfg.nhead, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.epochs, cfg.lr) == \
+        (64, 256, 8, 6, 6, 50, 1e-4)
+    assert clusformer["label"] != facet.get("label", "run")  # both summaries live in one run folder

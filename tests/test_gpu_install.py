@@ -172,7 +172,7 @@ def test_auto_warns_loudly_and_cuda_fails_with_the_reason(monkeypatch) -> None:
 
 def test_local_rank_beyond_the_visible_gpus_is_refused(monkeypatch) -> None:
     """torchrun with more processes than GPUs: a clear error, not a CUDA 'invalid device ordinal' later."""
-    from backbone.train import setup_distributed
+    from backbone.distributed import setup_distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

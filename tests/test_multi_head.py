@@ -20,18 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backbone.checkpoint import load_checkpoint, load_embedder
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+from backbone.distributed import setup_distributed
 from backbone.extract import extract_features
 from backbone.margin import TwoHeadMargin
 from backbone.model import FaceEmbedder, ModelConfig
-from backbone.train import (
-    MarginModel,
-    TrainConfig,
-    make_optimizer,
-    select_training_rows,
-    setup_distributed,
-    train_backbone,
-    train_step,
-)
+from backbone.steps import MarginModel, make_optimizer, train_step
+from backbone.train import select_training_rows, train_backbone
+from backbone.train_config import TrainConfig
 from semiface.errors import ConfigError, DataError
 from semiface.manifest import read_manifest, write_manifest
 

@@ -16,8 +16,8 @@ link rule, partition (union-find with optional size cap, or Infomap), per-sample
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
