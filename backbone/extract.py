@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbone.augment import eval_transform
 from backbone.checkpoint import load_embedder
 from semiface.atomic import atomic_path
 from semiface.devices import autocast_dtype, resolve_device
@@ -48,7 +47,9 @@ def extract_features(
     record_file: Path | None = None,
 ) -> Path:
     """Embed every manifest row with the model of ``checkpoint``; write float32 [N, D] to ``out_path``."""
-    from backbone.data.dataset import ManifestImageDataset  # the data layer, imported where needed
+    # the data layer and its augmentation stack, imported where needed (embed_with_flip runs without them)
+    from backbone.augment import eval_transform
+    from backbone.data.dataset import ManifestImageDataset
 
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
