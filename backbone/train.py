@@ -61,6 +61,7 @@ from backbone.steps import MarginModel, learning_rate, make_optimizer, train_ste
 from backbone.train_config import RUNTIME_FIELDS, TrainConfig
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype
+from semiface.digests import file_sha256
 from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
 from semiface.seeding import seed_everything
@@ -217,14 +218,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 # Run directory
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
     """What a run computes: config, training rows and (when not from scratch) the init checkpoint's content."""
     init_digest = None
@@ -232,7 +225,7 @@ def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
         init = Path(config.init)
         if not init.is_file():
             raise DataError(init, "init checkpoint not found (TrainConfig.init: a backbone checkpoint or 'scratch')")
-        init_digest = _file_digest(init)
+        init_digest = file_sha256(init)
     return {"train_config": config.to_dict(), "num_classes": rows.num_classes,
             "head_classes": list(rows.head_classes), "num_images": len(rows.labels),
             "rows_fingerprint": rows.fingerprint(), "init_sha256": init_digest}

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from semiface.errors import ConfigError, DataError
+from semiface.manifest import known_identity_mask
 
 # Identity strings (after strip + casefold) that mean "ground truth unknown"; validate_manifest
 # casts missing values to str, and recognition_eval uses the same set.
-_UNKNOWN_IDENTITIES = frozenset({"", "nan", "none", "<na>", "unknown", "-1"})
 
 
 @dataclass(frozen=True)
@@ -248,11 +248,6 @@ def without_rows(manifest: pd.DataFrame, drop: np.ndarray) -> pd.DataFrame:
 def lower_bound_frame(manifest: pd.DataFrame) -> pd.DataFrame:
     """The labelled rows alone, in the retraining-manifest layout."""
     return _labelled_rows(manifest).reset_index(drop=True)
-
-
-def known_identity_mask(identities: pd.Series) -> np.ndarray:
-    """True where a row's ground-truth identity is known (not empty / nan / none / unknown / -1)."""
-    return ~identities.astype(str).str.strip().str.casefold().isin(_UNKNOWN_IDENTITIES).to_numpy()
 
 
 def _labelled_rows(manifest: pd.DataFrame) -> pd.DataFrame:

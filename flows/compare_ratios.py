@@ -19,7 +19,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError
-from tasks.common import markdown_table, png_markdown
+from semiface.markdown import markdown_table
+from tasks.common import png_markdown
 from tasks.plots import plot_ratio_sweep
 
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",

@@ -21,9 +21,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from semiface.atomic import save_json
 from semiface.errors import ConfigError
+from semiface.markdown import markdown_table
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
-from tasks.common import StageContext, artifact_key, markdown_table, result_of
+from tasks.common import StageContext, artifact_key, result_of
 from tasks.embed_dlib import embed_dlib_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_features import extract_features_task

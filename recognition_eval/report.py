@@ -27,11 +27,11 @@ from recognition_eval.verification import DEFAULT_FARS, VerificationResult
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import DataError
 from semiface.features import load_features
-from semiface.manifest import read_manifest, validate_manifest
+from semiface.manifest import known_identity_mask, read_manifest, validate_manifest
+from semiface.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_IDENTITIES = frozenset({"", "nan", "none", "unknown", "-1"})
 TRAIN_SPLITS = ("labelled", "unlabelled")
 
 
@@ -161,7 +161,7 @@ def compare(results: Mapping[str, Path | str], out_dir: Path | str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_parquet(out_dir / "comparison.parquet", table)
     with atomic_open(out_dir / "comparison.md", "w", encoding="utf-8") as handle:
-        handle.write(markdown_table(table))
+        handle.write(rates_markdown(table))
     plot_comparison(
         {label: (r["identification"]["sizes"], r["identification"]["rank1"]) for label, r in loaded.items()},
         {
@@ -195,7 +195,7 @@ def comparison_table(loaded: Mapping[str, dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def rates_markdown(table: pd.DataFrame) -> str:
     """Markdown with rates in percent; 'n/m' where not measured or not measurable."""
 
     def cell(value: Any) -> str:
@@ -203,10 +203,8 @@ def markdown_table(table: pd.DataFrame) -> str:
             return value
         return "n/m" if value is None or np.isnan(value) else f"{100 * value:.2f}"
 
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return (
-        "\n".join(lines) + "\n\nRates in %; n/m: not measured or not measurable (FAR below 1 / negatives).\n"
+    return markdown_table(table.to_dict("records"), cell=cell) + (
+        "\nRates in %; n/m: not measured or not measurable (FAR below 1 / negatives).\n"
     )
 
 
@@ -234,9 +232,7 @@ def _overlap(
     threshold: float,
 ) -> OverlapReport:
     in_train = frame["split"].isin(TRAIN_SPLITS).to_numpy()
-    names = {
-        n for n in frame["identity"].to_numpy()[in_train] if n.strip().casefold() not in UNKNOWN_IDENTITIES
-    }
+    names = set(frame["identity"][in_train & known_identity_mask(frame["identity"])])
     names |= set(train_identities or ())
     labels = np.where(frame["split"].to_numpy() == "labelled", frame["label"].to_numpy(), -1)
     has_classes = bool((labels >= 0).any())

@@ -18,6 +18,8 @@ from semiface.errors import DataError
 SPLITS = ("labelled", "unlabelled", "probe", "distractor")
 LABEL_SOURCES = ("gt", "pseudo")
 REQUIRED_COLUMNS = ("label", "identity", "split")
+# Identity values that mean "not known" (compared stripped and case-folded).
+UNKNOWN_IDENTITIES = frozenset({"", "nan", "none", "<na>", "unknown", "-1"})
 
 
 def validate_manifest(frame: pd.DataFrame, source: str | Path = "manifest") -> pd.DataFrame:
@@ -62,3 +64,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Validate, then write atomically."""
     return save_parquet(path, validate_manifest(frame, path))
+
+
+def known_identity_mask(identities: pd.Series) -> np.ndarray:
+    """True where a row's ground-truth identity is known (not empty / nan / none / unknown / -1)."""
+    return ~identities.astype(str).str.strip().str.casefold().isin(UNKNOWN_IDENTITIES).to_numpy()

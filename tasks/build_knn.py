@@ -13,7 +13,8 @@ from clustering.pseudo_labels import clusterer_holdout_mask, sample_unlabelled
 from semiface.atomic import save_npy
 from semiface.features import load_features
 from semiface.manifest import read_manifest
-from tasks.common import StageContext, execute, markdown_table, summary_rows
+from semiface.markdown import markdown_table
+from tasks.common import StageContext, execute, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 SUBSETS = ("labelled", "unlabelled")

@@ -10,10 +10,10 @@ import numpy as np
 from prefect import task
 
 from clustering.metrics import evaluate_partition
-from clustering.pseudo_labels import known_identity_mask
 from semiface.atomic import save_json, save_npy
-from semiface.manifest import read_manifest
-from tasks.common import Progress, StageContext, execute, markdown_table
+from semiface.manifest import known_identity_mask, read_manifest
+from semiface.markdown import markdown_table
+from tasks.common import Progress, StageContext, execute
 from tasks.stage_cache import StageResult, StageSpec
 from tasks.train_clusterer import CODE, RUNTIME_PARAMS, load_method, subset
 

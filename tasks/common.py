@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,22 +146,6 @@ def png_markdown(path: str | Path, title: str) -> str:
     if len(data) <= MAX_EMBEDDED_PNG:
         text += f"![{title}](data:image/png;base64,{base64.b64encode(data).decode()})\n"
     return text
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
-    """A markdown table from a list of dicts (same keys); floats rounded."""
-    if not rows:
-        return "*(empty)*\n"
-    columns = list(rows[0])
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.{digits}f}"
-        return "-" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import Any
 from prefect import task
 
 from recognition_eval.identification import DEFAULT_SIZES
-from tasks.common import StageContext, execute, markdown_table, png_markdown
+from semiface.markdown import markdown_table
+from tasks.common import StageContext, execute, png_markdown
 from tasks.stage_cache import StageResult, StageSpec
 
 PLOTS = {"rank1_plot": "rank1_vs_distractors.png", "cmc_plot": "cmc.png", "roc_plot": "roc.png"}

@@ -11,7 +11,8 @@ from prefect import task
 from clustering.pseudo_labels import lower_bound_frame, merge_pseudo_labels, upper_bound_frame
 from semiface.atomic import save_json
 from semiface.manifest import read_manifest, write_manifest
-from tasks.common import StageContext, execute, markdown_table, summary_rows
+from semiface.markdown import markdown_table
+from tasks.common import StageContext, execute, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 # pseudo: the clusters as new classes; upper_bound: the sampled rows' ground-truth identities;

@@ -18,7 +18,8 @@ from prefect import task
 from semiface.errors import ConfigError, DataError, reject_unknown
 from semiface.features import check_features, l2_normalize, load_features, load_meta, save_features
 from semiface.manifest import SPLITS, read_manifest, write_manifest
-from tasks.common import StageContext, execute, markdown_table
+from semiface.markdown import markdown_table
+from tasks.common import StageContext, execute
 from tasks.stage_cache import StageResult, StageSpec
 
 SOURCES = ("demo", "folder", "recordio", "features")

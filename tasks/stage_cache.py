@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from semiface.atomic import save_json
+from semiface.digests import file_sha256
 from semiface.errors import DataError
 
 DONE_FILE = "done.json"
@@ -140,14 +141,6 @@ def fingerprint_path(path: str | Path) -> dict[str, Any]:
                 count += 1
         return {"path": str(path), "files": count, "listing_sha256": digest.hexdigest()}
     raise DataError(path, "input not found")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StageStore:

@@ -8,7 +8,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from tasks.common import Progress, StageContext, execute, markdown_table, png_markdown
+from semiface.markdown import markdown_table
+from tasks.common import Progress, StageContext, execute, png_markdown
 from tasks.plots import plot_training_curve
 from tasks.stage_cache import StageResult, StageSpec
 

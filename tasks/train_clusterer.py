@@ -14,7 +14,8 @@ from clustering.base import Clusterer, make_method
 from clustering.knn import KnnGraph
 from semiface.features import load_features
 from semiface.manifest import read_manifest
-from tasks.common import Progress, StageContext, execute, markdown_table, summary_rows
+from semiface.markdown import markdown_table
+from tasks.common import Progress, StageContext, execute, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 CODE = ("clustering", "semiface")

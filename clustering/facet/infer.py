@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from clustering.facet.config import FaceTConfig
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequence_stats
+from clustering.facet.row_store import RowStore
 from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
 
@@ -30,27 +31,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 (or fp16) autocast on CUDA, nothing on CPU."""
     dtype = autocast_dtype(device)
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-class RowStore:
-    """Rows of a 2-D array served to the device by id: a device tensor, or a (memory-mapped) array."""
-
-    def __init__(self, rows: Tensor | np.ndarray, device: torch.device) -> None:
-        self.rows = rows
-        self.device = device
-
-    @classmethod
-    def from_array(cls, array: np.ndarray, device: torch.device, max_bytes: int) -> RowStore:
-        """Copy to the device when it fits in ``max_bytes``, else read rows on demand."""
-        if array.nbytes <= max_bytes:
-            return cls(torch.as_tensor(np.asarray(array, dtype=np.float32)).to(device), device)
-        return cls(array, device)
-
-    def __getitem__(self, ids: Tensor) -> Tensor:
-        if isinstance(self.rows, Tensor):
-            return self.rows[ids]
-        rows = np.asarray(self.rows[ids.cpu().numpy()], dtype=np.float32)
-        return torch.from_numpy(rows).to(self.device)
 
 
 @torch.inference_mode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,10 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clustering.facet.model import FaceTModel
+from clustering.facet.row_store import RowStore
 from clustering.pair_stats import NeighbourhoodIndex
-
-if TYPE_CHECKING:
-    from clustering.facet.infer import RowStore
 
 
 def neighbour_table(nbrs: np.ndarray, count: int) -> np.ndarray:
