@@ -12,6 +12,7 @@ from torch import nn
 from backbone.margin import MarginHead, TwoHeadMargin
 from backbone.model import FaceEmbedder
 from backbone.train_config import TrainConfig
+from semiface.training.schedules import learning_rate_at
 
 
 class MarginModel(nn.Module):
@@ -27,14 +28,10 @@ class MarginModel(nn.Module):
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then step decay at ``lr_milestones`` or polynomial decay to 0 (a function of the step)."""
-    base = config.resolved_lr
     total = config.epochs * steps_per_epoch
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if config.schedule == "step":
-        return base * config.lr_gamma ** sum(step >= x * total for x in config.lr_milestones)
-    return base * (1.0 - (step - warmup) / (total - warmup)) ** config.poly_power
+    return learning_rate_at(step, total, base=config.resolved_lr, warmup=warmup, decay=config.schedule,
+                            milestones=config.lr_milestones, gamma=config.lr_gamma, power=config.poly_power)
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

@@ -9,13 +9,8 @@ retraining manifest only) trains one head over the labelled classes 0..L-1 (L = 
 label of a ``labelled`` row) and one over the pseudo classes L..C-1, on the shared trunk, batches
 drawn from both sets (see :class:`backbone.margin.TwoHeadMargin`).
 
-Run directory layout (only rank 0 writes):
-
-* ``run.json``: the training config and a fingerprint of the training rows; a run directory
-  belongs to one config: another config is refused, never overwritten;
-* ``checkpoint.pt``: full training state after the last finished epoch (exact resume);
-* ``metrics.json``: the per-epoch summaries;
-* ``model.pt``: the finished model; when present for the same config, the run is reused.
+Run folder (only rank 0 writes; see ``backbone.run_folder``): ``run.json``, ``checkpoint.pt``,
+``metrics.json``, ``model.pt``; a folder of another config is refused, never overwritten.
 
 Exact resume: the data order of an epoch is a function of (seed, epoch) (DistributedSampler),
 each sample's augmentation a function of (seed, epoch, index), the learning rate a function of
@@ -25,20 +20,16 @@ run killed at any point and restarted gives the same weights as an uninterrupted
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -57,119 +48,27 @@ from backbone.checkpoint import (
 from backbone.distributed import gather_objects, setup_distributed
 from backbone.margin import MarginHead, TwoHeadMargin
 from backbone.model import FaceEmbedder, build_model
+from backbone.run_folder import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    check_run_dir,
+    run_identity,
+)
 from backbone.steps import MarginModel, learning_rate, make_optimizer, train_step
-from backbone.train_config import RUNTIME_FIELDS, TrainConfig
+from backbone.train_config import TrainConfig
+from backbone.training_rows import TrainingRows, select_training_rows
 from semiface.atomic import save_json
 from semiface.devices import autocast_dtype
-from semiface.digests import file_sha256
 from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
 from semiface.seeding import seed_everything
-
-RUN_FILE = "run.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
-TRAINING_SPLITS = ("labelled", "unlabelled")  # unlabelled rows carry a label only as pseudo-labels
+from semiface.training.rng import capture_rng_state, restore_rng_state
 
 
 class TrainingError(SemifaceError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Training rows
-
-
-@dataclass(frozen=True)
-class TrainingRows:
-    """The manifest rows to train on, their labels and loss weights."""
-
-    frame: pd.DataFrame
-    labels: np.ndarray  # int64 [n]
-    weights: np.ndarray  # float32 [n]
-    num_classes: int
-    head_classes: tuple[int, ...]  # (num_classes,) for one head; (labelled, pseudo) class counts for two
-
-    def fingerprint(self) -> str:
-        """A hash of what is trained on (images, labels, weights): a changed manifest is a new run."""
-        keys = [c for c in ("path", "rec_index") if c in self.frame.columns]
-        digest = hashlib.sha256()
-        digest.update(pd.util.hash_pandas_object(self.frame[keys], index=False).to_numpy().tobytes())
-        digest.update(self.labels.tobytes())
-        digest.update(self.weights.tobytes())
-        return digest.hexdigest()
-
-
-def select_training_rows(
-    frame: pd.DataFrame, source: str | Path, num_classes: int | None = None, heads: str = "single"
-) -> TrainingRows:
-    """Rows with ``label >= 0`` outside the evaluation splits, checked: labels in range, no empty class,
-    weights finite and >= 0; with ``heads="multi"`` also the labelled / pseudo class layout.
-
-    Probe and distractor rows are never trained on, whatever their label: they are the evaluation set.
-    """
-    labels = frame["label"].to_numpy(np.int64)
-    if (labels < -1).any():
-        bad = np.flatnonzero(labels < -1)[:5].tolist()
-        raise DataError(source, f"column 'label': values below -1 (unlabelled) in rows {bad} (first 5 shown)")
-    keep = (labels >= 0) & frame["split"].isin(TRAINING_SPLITS).to_numpy()
-    if not keep.any():
-        raise DataError(source, f"no rows with label >= 0 in the {' or '.join(TRAINING_SPLITS)} splits to train on")
-    labels = np.where(keep, labels, -1)
-    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    if labels.max() >= n_classes:
-        bad = np.flatnonzero(labels >= n_classes)[:5].tolist()
-        raise DataError(source, f"column 'label': labels out of range [0, {n_classes}) in rows {bad} (first 5 shown)")
-    counts = np.bincount(labels[keep], minlength=n_classes)
-    if (counts == 0).any():
-        empty = np.flatnonzero(counts == 0)
-        raise DataError(
-            source,
-            f"{len(empty)} empty class(es) {empty[:10].tolist()} (first 10 shown): class ids must be "
-            f"contiguous 0..{n_classes - 1}, each with at least one training image "
-            f"(rows of the {' or '.join(TRAINING_SPLITS)} splits)",
-        )
-    if "weight" in frame.columns:
-        weights = frame["weight"].to_numpy(np.float32)[keep]
-        if not np.isfinite(weights).all() or (weights < 0).any():
-            bad = np.flatnonzero(keep)[~np.isfinite(weights) | (weights < 0)][:5].tolist()
-            raise DataError(source, f"column 'weight': NaN, infinite or negative weights in rows {bad} (first 5 shown)")
-        if not (weights > 0).any():
-            raise DataError(source, "column 'weight': every training row has weight 0")
-    else:
-        weights = np.ones(int(keep.sum()), np.float32)
-    kept = frame[keep].reset_index(drop=True)
-    head_classes = (n_classes,) if heads == "single" else _two_head_classes(kept, labels[keep], n_classes, source)
-    return TrainingRows(kept, labels[keep], weights, n_classes, head_classes)
-
-
-def _two_head_classes(rows: pd.DataFrame, labels: np.ndarray, num_classes: int, source: str | Path) -> tuple[int, int]:
-    """(L, P): labelled classes 0..L-1 (each with a ``labelled`` row), pseudo classes L..L+P-1; >= 2 of each.
-
-    A row of the ``unlabelled`` split whose label is a labelled class (the ground-truth upper bound
-    gives a known identity its labelled class) trains the labelled head.
-    """
-    is_labelled = (rows["split"] == "labelled").to_numpy()
-    if not is_labelled.any():
-        raise DataError(source, "heads='multi': no labelled rows (split 'labelled', label >= 0) for the labelled head")
-    n_labelled = int(labels[is_labelled].max()) + 1
-    pseudo_classes = num_classes - n_labelled
-    if pseudo_classes == 0:
-        raise DataError(source, f"heads='multi': no pseudo-labelled rows (split 'unlabelled' with a label past the "
-                                f"{n_labelled} labelled classes) for the pseudo head; train with heads='single'")
-    inside = np.setdiff1d(np.arange(n_labelled), labels[is_labelled])
-    if len(inside):
-        raise DataError(
-            source,
-            f"heads='multi': class(es) {inside[:10].tolist()} (first 10 shown) lie inside the labelled range "
-            f"0..{n_labelled - 1} but have no 'labelled' row: pseudo classes must be offset past the labelled ones",
-        )
-    for name, count in (("labelled", n_labelled), ("pseudo", pseudo_classes)):
-        if count < 2:
-            raise DataError(source, f"heads='multi': {count} {name} class; each head needs at least 2 classes "
-                                    f"(with too few pseudo clusters kept, retrain with heads='single')")
-    return n_labelled, pseudo_classes
 
 
 class _EpochSeededRows(Dataset):
@@ -187,92 +86,6 @@ class _EpochSeededRows(Dataset):
         self.transform.reseed([self.seed, self.epoch, index])
         image = self.images[index][0]
         return image, self.labels[index], self.weights[index]
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG state (saved per rank, restored on resume)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "python": random.getstate(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# ----------------------------------------------------------------------------------------------
-# Run directory
-
-
-def _run_identity(config: TrainConfig, rows: TrainingRows) -> dict[str, Any]:
-    """What a run computes: config, training rows and (when not from scratch) the init checkpoint's content."""
-    init_digest = None
-    if config.init != "scratch":
-        init = Path(config.init)
-        if not init.is_file():
-            raise DataError(init, "init checkpoint not found (TrainConfig.init: a backbone checkpoint or 'scratch')")
-        init_digest = file_sha256(init)
-    return {"train_config": config.to_dict(), "num_classes": rows.num_classes,
-            "head_classes": list(rows.head_classes), "num_images": len(rows.labels),
-            "rows_fingerprint": rows.fingerprint(), "init_sha256": init_digest}
-
-
-def _identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    diffs = []
-    # a field added to TrainConfig after a run was written had its default value there
-    old_cfg = {**{f.name: f.default for f in fields(TrainConfig)}, **found.get("train_config", {})}
-    new_cfg = wanted["train_config"]
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if key not in RUNTIME_FIELDS and old_cfg.get(key) != new_cfg.get(key):
-            diffs.append(f"{key}: {old_cfg.get(key)!r} there, {new_cfg.get(key)!r} now")
-    found = {"head_classes": [found.get("num_classes")], **found}  # runs written before two heads existed
-    for key in ("num_classes", "head_classes", "num_images"):
-        if found.get(key) != wanted[key]:
-            diffs.append(f"{key}: {found.get(key)!r} there, {wanted[key]!r} now")
-    if found.get("rows_fingerprint") != wanted["rows_fingerprint"]:
-        diffs.append("training rows differ (images, labels or weights)")
-    if found.get("init_sha256") != wanted["init_sha256"]:
-        diffs.append("init checkpoint content differs")
-    return diffs
-
-
-def check_run_dir(run_dir: Path, identity: dict[str, Any]) -> Path | None:
-    """The finished model when ``run_dir`` holds one for this config; None when training must run.
-
-    A run directory of another config (or holding models of unknown origin) is refused.
-    """
-    run_file = run_dir / RUN_FILE
-    if not run_file.is_file():
-        leftovers = [name for name in (MODEL_FILE, CHECKPOINT_FILE) if (run_dir / name).exists()]
-        if leftovers:
-            raise ConfigError(f"{run_dir}: holds {', '.join(leftovers)} but no {RUN_FILE}; refusing to overwrite")
-        return None
-    try:
-        found = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(run_file, f"not a readable run description ({exc})") from exc
-    diffs = _identity_differences(found, identity)
-    if diffs:
-        raise ConfigError(
-            f"{run_dir}: already holds a run with a different config ({'; '.join(diffs)}); "
-            "use another run directory or remove this one"
-        )
-    model = run_dir / MODEL_FILE
-    return model if model.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,7 +108,7 @@ def train_backbone(
     """
     manifest_path, run_dir = Path(manifest_path), Path(run_dir)
     rows = select_training_rows(read_manifest(manifest_path), manifest_path, config.num_classes, config.heads)
-    identity = _run_identity(config, rows)
+    identity = run_identity(config, rows)
     finished = check_run_dir(run_dir, identity)
     if finished is not None:
         return finished
@@ -381,7 +194,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if len(state["rng"]) == world.world_size:
-            _set_rng_state(state["rng"][world.rank], device)
+            restore_rng_state(state["rng"][world.rank], device)
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
 
     for epoch in range(start_epoch, config.epochs):
@@ -409,7 +222,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
                    "lr": lr, "images_per_sec": steps_per_epoch * config.batch_size / seconds, "seconds": seconds,
                    "num_images": len(rows.labels), "num_classes": rows.num_classes}
         history.append(summary)
-        rng_states = gather_objects(_rng_state(device), world)
+        rng_states = gather_objects(capture_rng_state(device), world)
         if world.is_main:
             save_checkpoint(checkpoint_path, {
                 **_model_payload(config, embedder, head, rows, epoch + 1, step, history),

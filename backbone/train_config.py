@@ -8,10 +8,11 @@ from typing import Any
 from backbone.margin import DEFAULT_MARGIN, MARGINS
 from backbone.model import POOLINGS, ModelConfig
 from semiface.errors import ConfigError, reject_unknown
+from semiface.training.schedules import DECAYS
 
 HEADS = ("single", "multi")  # one margin head over all classes, or one for the labelled and one for the pseudo set
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "poly")
+SCHEDULES = DECAYS  # warm-up, then step / poly / cosine / linear decay (semiface.training.schedules)
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Fields that change how a run executes, not what it computes: ignored when a run directory is reused.

@@ -22,8 +22,9 @@ from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip, extract_features
 from backbone.model import ModelConfig, build_model
-from backbone.train import TrainingError, select_training_rows, train_backbone
+from backbone.train import TrainingError, train_backbone
 from backbone.train_config import TrainConfig
+from backbone.training_rows import select_training_rows
 from recognition_eval.identification import identification_cmc
 from semiface.errors import ConfigError, DataError
 from semiface.manifest import read_manifest, write_manifest

@@ -171,9 +171,17 @@ def test_resume_from_checkpoint_matches_uninterrupted_training(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
-    with pytest.raises(ConfigError, match="checkpoint"):
+    with pytest.raises(ConfigError, match="another run .*settings.d_model: 16 there, 32 now"):
         train_clusformer(ClusformerNet(16, cfg.with_updates(d_model=32)), feats, labels, graph,
                          cfg.with_updates(d_model=32), CPU, checkpoint=ckpt)
+    # Settings training reads beyond the architecture, and the labelled data, are checked too (as FaceT's).
+    with pytest.raises(ConfigError, match="settings.lr"):
+        train_clusformer(fresh(), feats, labels, graph, cfg.with_updates(lr=0.5), CPU, checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="data: other data"):
+        train_clusformer(fresh(), feats, (labels + 1) % 6, graph, cfg, CPU, checkpoint=ckpt)
+    # How the trained model is run is not part of the identity: resuming (nothing left to train) works.
+    assert len(train_clusformer(fresh(), feats, labels, graph, cfg.with_updates(tau=0.7, infer_batch_size=7), CPU,
+                                checkpoint=ckpt)) == 2
 
 
 def test_link_rules_combine_both_directions():

@@ -163,9 +163,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path) -> None:
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
-    with pytest.raises(ConfigError, match="other settings .*hop1"):
+    with pytest.raises(ConfigError, match="another run .*settings.hop1: 8 there, 9 now"):
         train_model(fresh(), cfg.replace(hop1=9), data, checkpoint=tmp_path / "b.pt", fingerprint="x")
-    with pytest.raises(ConfigError, match="other labelled data"):
+    with pytest.raises(ConfigError, match="another run .*data: other data"):
         train_model(fresh(), cfg, data, checkpoint=tmp_path / "b.pt", fingerprint="y")
 
 

@@ -25,8 +25,9 @@ from backbone.extract import extract_features
 from backbone.margin import TwoHeadMargin
 from backbone.model import FaceEmbedder, ModelConfig
 from backbone.steps import MarginModel, make_optimizer, train_step
-from backbone.train import select_training_rows, train_backbone
+from backbone.train import train_backbone
 from backbone.train_config import TrainConfig
+from backbone.training_rows import select_training_rows
 from semiface.errors import ConfigError, DataError
 from semiface.manifest import read_manifest, write_manifest
 

@@ -140,12 +140,6 @@ class ClusformerConfig:
         """A copy with some fields changed (checked again)."""
         return replace(self, **changes)
 
-    def architecture(self) -> dict[str, Any]:
-        """The fields that shape the network (a checkpoint must match them to resume)."""
-        keys = ("k", "encoding", "pair_stats", "d_model", "nhead", "num_encoder_layers", "num_decoder_layers",
-                "dim_feedforward", "dropout")
-        return {key: getattr(self, key) for key in keys}
-
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:

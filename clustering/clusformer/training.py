@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,11 +25,17 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.sequences import SequenceBatch, build_sequences
 from clustering.knn import KnnGraph
 from clustering.pair_stats import NeighbourhoodIndex
-from semiface.atomic import atomic_path
 from semiface.devices import autocast_dtype
-from semiface.errors import ConfigError, DataError
+from semiface.errors import DataError
+from semiface.training.checkpoints import data_fingerprint, load_training_state, save_training_state
+from semiface.training.schedules import lr_factor
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "clusformer-train-v2"
+# Settings that change how a trained model is run or its links cut, not what training computes.
+INFERENCE_FIELDS = frozenset({"infer_batch_size", "partition", "link_rule", "tau", "taus", "tune_on", "tune_samples",
+                              "max_size", "min_size", "drop_below", "device"})
 
 Validator = Callable[[ClusformerNet], dict[str, float]]
 
@@ -78,11 +83,12 @@ def train_clusformer(
     steps_per_epoch = -(-per_epoch // config.batch_size)
     total_steps = max(1, steps_per_epoch * config.epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, decay="linear"))
     history: list[dict[str, float]] = []
     start_epoch = 0
+    identity = training_identity(config, model.feature_dim, features, labels)
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint, config, model.feature_dim)
+        state = load_training_state(checkpoint, CHECKPOINT_FORMAT, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -132,17 +138,10 @@ def train_clusformer(
         history.append(record)
         log.info("clusformer: %s", ", ".join(f"{key}={value:.4g}" for key, value in record.items()))
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                epoch=epoch + 1,
-                step=scheduler.last_epoch,
-                history=history,
-                config=config.to_dict(),
-                feature_dim=model.feature_dim,
-            )
+            save_training_state(checkpoint, CHECKPOINT_FORMAT, identity, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "step": scheduler.last_epoch, "history": history,
+            })
     return history
 
 
@@ -202,26 +201,11 @@ def calibrate_pair_norm(
     model.pair_norm.calibrate(batch.stats[real])
 
 
-def save_checkpoint(path: str | Path, **state: Any) -> Path:
-    """Write a training checkpoint atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | Path, config: ClusformerConfig, feature_dim: int) -> dict[str, Any]:
-    """Read a checkpoint and check it was written for the same architecture and feature dimension."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt file
-        raise DataError(path, f"not a readable Clusformer checkpoint ({exc})") from exc
-    saved = ClusformerConfig.from_dict(state["config"])
-    if saved.architecture() != config.architecture() or state["feature_dim"] != feature_dim:
-        raise ConfigError(
-            f"{path}: checkpoint is for architecture {saved.architecture()} on {state['feature_dim']}-d "
-            f"features, not {config.architecture()} on {feature_dim}-d; remove it or choose another checkpoint"
-        )
-    return state
+def training_identity(config: ClusformerConfig, feature_dim: int, features: np.ndarray, labels: np.ndarray) -> dict:
+    """What a training checkpoint must match to be resumed: the settings training reads, the feature
+    dimension and the labelled data."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in INFERENCE_FIELDS}
+    return {"settings": settings, "feature_dim": feature_dim, "data": data_fingerprint(features, labels)}
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 from semiface.seeding import seed_everything
+from semiface.training.checkpoints import data_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class FaceT(Clusterer):
         checkpoint = Path(cfg.work_dir) / CHECKPOINT_NAME if cfg.work_dir else None
         self.history_ = train_model(
             self.model, cfg, data, validate=validate, checkpoint=checkpoint,
-            fingerprint=_fingerprint(train_features, train_labels),
+            fingerprint=data_fingerprint(train_features, train_labels),
         )
         if tune is not None:
             # Tune tau on the kept (best-epoch) weights, with the full search.
@@ -266,10 +266,3 @@ def _checked_labelled(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     if len(np.unique(labels)) == len(labels):
         raise DataError("labels", "every identity has a single sample: there are no positive links to learn")
     return np.asarray(features, dtype=np.float32), labels.astype(np.int64)
-
-
-def _fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.ascontiguousarray(features).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    return digest.hexdigest()

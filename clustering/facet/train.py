@@ -24,13 +24,13 @@ from clustering.facet.config import FaceTConfig
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequence_stats
 from clustering.pair_stats import NeighbourhoodIndex
-from semiface.atomic import atomic_path
 from semiface.devices import autocast_dtype
-from semiface.errors import ConfigError
+from semiface.training.checkpoints import load_training_state, save_training_state
+from semiface.training.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "facet-train-v1"
+CHECKPOINT_FORMAT = "facet-train-v2"
 # Fields that do not change what training computes: a checkpoint may be resumed across them.
 RUNTIME_FIELDS = frozenset(
     {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "tune_on", "tune_samples", "max_cluster_size", "min_cluster_size"}
@@ -113,18 +113,6 @@ def link_loss(
     return F.nll_loss(log_probs, target)
 
 
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
 def _train_autocast(device: torch.device):
     # Only bf16 needs no loss scaling; fp16-only GPUs train in float32.
     if autocast_dtype(device) == torch.bfloat16:
@@ -155,7 +143,7 @@ def train_model(
     # A warm-up longer than a fifth of training would leave no room for the decay (small sets).
     warmup = min(cfg.warmup_steps, total_steps // 5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, warmup=warmup, decay="cosine"))
     share = positive_fraction(data, cfg.hop1)
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_score": -math.inf}
     if checkpoint is not None and checkpoint.is_file():
@@ -210,29 +198,18 @@ def _training_fields(cfg: FaceTConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+def _identity(model, cfg: FaceTConfig, fingerprint: str) -> dict:
+    return {"settings": _training_fields(cfg), "feature_dim": model.feature_dim, "data": fingerprint}
+
+
 def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: FaceTConfig, fingerprint: str, state: dict) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "feature_dim": model.feature_dim,
-        "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), **state,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_training_state(path, CHECKPOINT_FORMAT, _identity(model, cfg, fingerprint), {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state,
+    })
 
 
 def _resume(path: Path, model, optimizer, scheduler, cfg: FaceTConfig, fingerprint: str) -> dict:
-    payload = torch.load(path, map_location=model_device(model), weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a FaceT training checkpoint (format {payload.get('format')!r})")
-    saved = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
-    differing = sorted(k for k, v in _training_fields(cfg).items() if saved.get(k) != v)
-    if differing:
-        raise ConfigError(
-            f"{path}: checkpoint was trained with other settings ({', '.join(differing)}); "
-            "use another work_dir or remove the checkpoint to start afresh"
-        )
-    if payload["fingerprint"] != fingerprint:
-        raise ConfigError(f"{path}: checkpoint was trained on other labelled data; use another work_dir")
+    payload = load_training_state(path, CHECKPOINT_FORMAT, _identity(model, cfg, fingerprint), model_device(model))
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

@@ -1,0 +1,48 @@
+"""semiface.training: checkpoints with an identity, and exact RNG state round trips."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from semiface.errors import ConfigError, DataError
+from semiface.training.checkpoints import (
+    data_fingerprint,
+    identity_differences,
+    load_training_state,
+    save_training_state,
+)
+from semiface.training.rng import capture_rng_state, restore_rng_state
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path) -> None:
+    identity = {"settings": {"lr": 0.1, "epochs": 3}, "feature_dim": 8, "data": data_fingerprint(np.arange(4))}
+    path = save_training_state(tmp_path / "state.pt", "toy-v1", identity, {"epoch": 2, "weights": torch.ones(3)})
+    state = load_training_state(path, "toy-v1", identity)
+    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.ones(3))
+    other = {**identity, "settings": {"lr": 0.2, "epochs": 3}, "data": data_fingerprint(np.arange(5))}
+    with pytest.raises(ConfigError, match=r"state.pt: .*another run \(data: other data; settings.lr: 0.1 there, 0.2 now\)"):
+        load_training_state(path, "toy-v1", other)
+    with pytest.raises(DataError, match="not a toy-v2 checkpoint"):
+        load_training_state(path, "toy-v2", identity)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(DataError, match="junk.pt: not a readable training checkpoint"):
+        load_training_state(tmp_path / "junk.pt", "toy-v1", identity)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt", "state.pt"]  # no temp file left
+
+
+def test_identity_differences_name_new_and_missing_keys() -> None:
+    assert identity_differences({"a": 1}, {"a": 1}) == []
+    assert identity_differences({"a": 1}, {"a": 1, "b": 2}) == ["b: None there, 2 now"]
+    assert identity_differences({"s": {"x": 1}}, {"s": {"x": 1, "y": 0}}) == ["s.y: None there, 0 now"]
+
+
+def test_rng_state_round_trip_replays_every_generator() -> None:
+    state = capture_rng_state(torch.device("cpu"))
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state, torch.device("cpu"))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
