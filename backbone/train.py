@@ -60,6 +60,7 @@ from backbone.steps import MarginModel, learning_rate, make_optimizer, train_ste
 from backbone.train_config import TrainConfig
 from backbone.training_rows import TrainingRows, select_training_rows
 from semiface.atomic import save_json
+from semiface.cli import parse_assignment
 from semiface.devices import autocast_dtype
 from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
@@ -257,17 +258,6 @@ def _model_payload(config, embedder, head, rows, epoch, step, history) -> dict[s
 # Command line (also the torchrun entry: ``torchrun --nproc_per_node 4 -m backbone.train ...``)
 
 
-def _parse_setting(text: str) -> tuple[str, Any]:
-    """``key=value`` with a JSON value (numbers, true/false/null, lists); anything else is a string."""
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ConfigError(f"--set: expected key=value, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -282,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         values = json.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
-        values.update(_parse_setting(text) for text in args.set)
+        values.update(parse_assignment(text, "--set") for text in args.set)
         model = train_backbone(args.manifest, args.image_root, args.run_dir, TrainConfig.from_dict(values),
                                record_file=args.record_file)
     except (SemifaceError, OSError, json.JSONDecodeError) as exc:

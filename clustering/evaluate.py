@@ -25,6 +25,7 @@ from clustering.metrics import evaluate_partition
 from clustering.partition import partition_links
 from clustering.thresholds import COARSE_COUNT, REFINE_COUNT, quantile_candidates, two_stage_search
 from semiface.atomic import atomic_open, save_json
+from semiface.cli import parse_assignment
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features, l2_normalize, load_features, load_meta
 
@@ -307,14 +308,10 @@ def _parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
     """``METHOD.NAME=VALUE`` items (VALUE read as JSON when it parses, else as a string)."""
     params: dict[str, dict[str, Any]] = {}
     for item in items:
-        key, sep, text = item.partition("=")
+        key, value = parse_assignment(item, "--param")
         method, dot, name = key.partition(".")
-        if not sep or not dot or method not in methods:
+        if not dot or method not in methods:
             raise ConfigError(f"--param {item!r}: expected METHOD.NAME=VALUE with METHOD one of {', '.join(methods)}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
         params.setdefault(method, {})[name] = tuple(value) if isinstance(value, list) else value
     return params
 

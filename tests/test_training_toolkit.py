@@ -46,3 +46,14 @@ def test_rng_state_round_trip_replays_every_generator() -> None:
     restore_rng_state(state, torch.device("cpu"))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_command_line_assignments_read_json_values() -> None:
+    from semiface.cli import parse_assignment
+
+    assert parse_assignment("epochs=20", "--set") == ("epochs", 20)
+    assert parse_assignment("lr_milestones=[0.5, 0.8]", "--set") == ("lr_milestones", [0.5, 0.8])
+    assert parse_assignment("trunk=resnet50", "--set") == ("trunk", "resnet50")
+    assert parse_assignment("knn_uf.tau=0.6", "--param") == ("knn_uf.tau", 0.6)
+    with pytest.raises(ConfigError, match="--set 'epochs': expected KEY=VALUE"):
+        parse_assignment("epochs", "--set")
