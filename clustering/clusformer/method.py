@@ -32,10 +32,10 @@ from clustering.identities import split_by_identity, validation_slice
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
-from semiface.atomic import atomic_path
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
+from semiface.training.checkpoints import load_model_file, save_model_file
 
 _FORMAT = "semiface-clusformer/1"
 _DEFAULT_TAU = 0.5  # used only when there is no validation slice to tune on
@@ -221,31 +221,16 @@ class Clusformer(Clusterer):
     def save(self, path: str | Path) -> Path:
         """Write the trained model (state_dict, config, feature dim, tau, history) atomically as ``.pt``."""
         model = self._trained_model()
-        state = {
-            "format": _FORMAT,
-            "config": self.config.to_dict(),
-            "feature_dim": model.feature_dim,
+        return save_model_file(path, _FORMAT, {
+            "config": self.config.to_dict(), "feature_dim": model.feature_dim,
             "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
-            "tau": self.tau_,
-            "history": self.history_,
-            "epochs_trained": len(self.history_),
-        }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return Path(path)
+            "tau": self.tau_, "history": self.history_, "epochs_trained": len(self.history_),
+        })
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Clusformer:
         """Read a model written by ``save``; ``device`` overrides the saved one (auto|cpu|cuda)."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(path, "Clusformer model file not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt file
-            raise DataError(path, f"not a readable Clusformer model ({exc})") from exc
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise DataError(path, f"not a Clusformer model (format {_FORMAT!r} expected)")
+        state = load_model_file(path, _FORMAT, "Clusformer")
         config = ClusformerConfig.from_dict(state["config"])
         if device is not None:
             config = config.with_updates(device=device)

@@ -22,12 +22,11 @@ from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from clustering.partition import link_confidence, partition_links
-from semiface.atomic import atomic_path
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 from semiface.seeding import seed_everything
-from semiface.training.checkpoints import data_fingerprint
+from semiface.training.checkpoints import data_fingerprint, load_model_file, save_model_file
 
 log = logging.getLogger(__name__)
 
@@ -178,28 +177,15 @@ class FaceT(Clusterer):
     def save(self, path: str | Path) -> Path:
         """Write the trained model (weights, config, tuned tau, history) atomically as ``.pt``."""
         model = self._trained_model()
-        payload = {
-            "format": MODEL_FORMAT, "config": self.config.to_dict(), "feature_dim": model.feature_dim,
-            "state_dict": model.state_dict(), "tau": self.tau_, "tau_table": self.tau_table_,
-            "history": self.history_,
-        }
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return path
+        return save_model_file(path, MODEL_FORMAT, {
+            "config": self.config.to_dict(), "feature_dim": model.feature_dim, "state_dict": model.state_dict(),
+            "tau": self.tau_, "tau_table": self.tau_table_, "history": self.history_,
+        })
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> FaceT:
         """Load a model written by ``save``; ``device`` overrides the saved one."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(path, "FaceT model file not found")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt or foreign file
-            raise DataError(path, f"not a readable FaceT model ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise DataError(path, "not a FaceT model file (format tag missing)")
+        payload = load_model_file(path, MODEL_FORMAT, "FaceT")
         config = dict(payload["config"])
         if device is not None:
             config["device"] = device

@@ -1,4 +1,4 @@
-"""Training checkpoints with an identity: what was trained on, and with which settings.
+"""Model files and training checkpoints; a checkpoint has an identity: what was trained on, and with which settings.
 
 A checkpoint is ``{"format": kind, "identity": {...}, **state}``, written atomically (temp file +
 rename). Resuming reads it back and refuses, naming what differs, when its identity is not the one
@@ -28,11 +28,31 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def save_model_file(path: str | Path, kind: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` with its ``kind`` tag to ``path`` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": kind, **payload}, tmp)
+    return Path(path)
+
+
+def load_model_file(path: str | Path, kind: str, what: str) -> dict[str, Any]:
+    """Read a file written by ``save_model_file`` for ``kind``; DataError naming the file and the
+    problem when it is missing, unreadable or of another kind (``what`` names the model in messages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, f"{what} model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a truncated or foreign file
+        raise DataError(path, f"not a readable {what} model ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        raise DataError(path, f"not a {what} model file (format {kind!r} expected)")
+    return payload
+
+
 def save_training_state(path: str | Path, kind: str, identity: dict[str, Any], state: dict[str, Any]) -> Path:
     """Write ``state`` with its ``kind`` tag and ``identity`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": kind, "identity": identity, **state}, tmp)
-    return Path(path)
+    return save_model_file(path, kind, {"identity": identity, **state})
 
 
 def load_training_state(
