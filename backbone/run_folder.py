@@ -23,6 +23,7 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
+TRAIN_STATE_FORMAT = "semiface-backbone-train-v1"  # checkpoint.pt (semiface.training.checkpoints)
 TRAINING_SPLITS = ("labelled", "unlabelled")  # unlabelled rows carry a label only as pseudo-labels
 
 
@@ -56,6 +57,13 @@ def identity_differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[
     if found.get("init_sha256") != wanted["init_sha256"]:
         diffs.append("init checkpoint content differs")
     return diffs
+
+
+def resume_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """What ``checkpoint.pt`` must match to be resumed: the run identity without the settings that
+    change how a run executes (device, workers, verbosity)."""
+    settings = {k: v for k, v in identity["train_config"].items() if k not in RUNTIME_FIELDS}
+    return {"settings": settings, **{k: v for k, v in identity.items() if k != "train_config"}}
 
 
 def check_run_dir(run_dir: Path, identity: dict[str, Any]) -> Path | None:

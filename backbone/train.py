@@ -53,7 +53,9 @@ from backbone.run_folder import (
     METRICS_FILE,
     MODEL_FILE,
     RUN_FILE,
+    TRAIN_STATE_FORMAT,
     check_run_dir,
+    resume_identity,
     run_identity,
 )
 from backbone.steps import MarginModel, learning_rate, make_optimizer, train_step
@@ -65,6 +67,7 @@ from semiface.devices import autocast_dtype
 from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
 from semiface.seeding import seed_everything
+from semiface.training.checkpoints import load_training_state, save_training_state
 from semiface.training.rng import capture_rng_state, restore_rng_state
 
 
@@ -129,7 +132,7 @@ def train_backbone(
         if world.world_size > 1:
             dist.barrier()
         return _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device,
-                    per_rank_batch, progress)
+                    per_rank_batch, progress, resume_identity(identity))
     finally:
         if world.owns_group:
             dist.destroy_process_group()
@@ -165,7 +168,8 @@ def _make_loader(config, rows, image_root, record_file, world, per_rank_batch, d
     return data, sampler, loader
 
 
-def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device, per_rank_batch, progress):
+def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device, per_rank_batch, progress,
+         identity):
     embedder, head = _build(config, rows, device)
     model: nn.Module = MarginModel(embedder, head)
     if world.world_size > 1:
@@ -183,13 +187,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
     start_epoch, step, history = 0, 0, []
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        require_same_architecture(config.model_config(), checkpoint_model_config(state, checkpoint_path),
-                                  checkpoint_path)
-        found_heads = tuple(state.get("head_classes", [state["num_classes"]]))
-        if found_heads != rows.head_classes:
-            raise ConfigError(f"{checkpoint_path}: checkpoint has classes {list(found_heads)} per head, "
-                              f"{manifest_path} has {list(rows.head_classes)}")
+        state = load_training_state(checkpoint_path, TRAIN_STATE_FORMAT, identity)
         load_embedder_state(embedder, state["model"], checkpoint_path)
         head.load_state_dict(state["margin"])
         optimizer.load_state_dict(state["optimizer"])
@@ -225,7 +223,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
         history.append(summary)
         rng_states = gather_objects(capture_rng_state(device), world)
         if world.is_main:
-            save_checkpoint(checkpoint_path, {
+            save_training_state(checkpoint_path, TRAIN_STATE_FORMAT, identity, {
                 **_model_payload(config, embedder, head, rows, epoch + 1, step, history),
                 "finished": False, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "rng": rng_states,

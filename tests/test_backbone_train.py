@@ -114,7 +114,7 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_curve_and_weights(small_ma
     straight = train_backbone(small_manifest, demo.parent, tmp_path / "straight", SHORT)
     with killed_after_steps(6):  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
         train_backbone(small_manifest, demo.parent, tmp_path / "resumed", SHORT)
-    checkpoint = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["finished"]) == (1, 4, False)
     assert not (tmp_path / "resumed" / "model.pt").exists()
 
@@ -346,3 +346,16 @@ def test_command_line_trains_and_reports_bad_settings(small_manifest, demo, tmp_
     with pytest.raises(SystemExit) as exit_info:
         train_module.main([*argv, "--set", "epochz=3"])
     assert exit_info.value.code == 2 and "unknown parameter(s) epochz" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_run_is_refused_on_resume(small_manifest, demo, tmp_path, killed_after_steps):
+    """The run folder's checkpoint carries its run's identity (semiface.training.checkpoints): one copied
+    in from a run with other settings is refused, naming the difference, instead of being resumed."""
+    import shutil
+
+    for folder, config in (("a", SHORT), ("b", replace(SHORT, seed=1))):
+        with killed_after_steps(6):
+            train_backbone(small_manifest, demo.parent, tmp_path / folder, config)
+    shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint.pt: checkpoint belongs to another run \(settings.seed: 0 there, 1 now\)"):
+        train_backbone(small_manifest, demo.parent, tmp_path / "b", replace(SHORT, seed=1))

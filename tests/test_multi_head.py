@@ -220,7 +220,7 @@ def test_killed_multi_run_resumes_to_the_uninterrupted_weights(multi_run, multi_
     straight, _ = multi_run
     with killed_after_steps(6):  # epoch 1 = steps 0-3 done and checkpointed; die mid-way through epoch 2
         train_backbone(multi_manifest, demo.parent, tmp_path / "resumed", MULTI)
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["head_classes"] == [4, 4]
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["head_classes"] == [4, 4]
     resumed = train_backbone(multi_manifest, demo.parent, tmp_path / "resumed", MULTI)
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
