@@ -9,6 +9,7 @@ workers of its pool pick up (the run directory must then be on storage every wor
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,10 @@ from semiface.markdown import markdown_table
 from tasks.common import png_markdown
 from tasks.plots import plot_ratio_sweep
 
+# The parameters compare-ratios passes to every run: semi_supervised's, less what the sweep sets per run.
+# They stay spelled out in compare_ratios' signature so that Prefect's parameter form shows them.
+RUN_PARAMETERS = tuple(name for name in inspect.signature(semi_supervised.fn).parameters
+                       if name not in ("ratio", "labels", "label"))
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
                  "rank1", "gain_vs_lower")
 
@@ -82,14 +87,8 @@ def compare_ratios(
     logger = get_run_logger()
     if max_parallel < 1:
         raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
-    common = dict(
-        data_source=data_source, data_path=data_path, data_options=data_options, method=method,
-        method_params=method_params, cluster_features=cluster_features,
-        clusterer_holdout=clusterer_holdout, backbone=backbone, image_size=image_size, epochs=epochs,
-        train_options=train_options, retrain_from=retrain_from, retrain_options=retrain_options, k=k,
-        min_cluster_size=min_cluster_size, min_confidence=min_confidence, distractor_sizes=distractor_sizes,
-        extract_batch_size=extract_batch_size, device=device, num_workers=num_workers, run_dir=run_dir, seed=seed,
-    )
+    # Every parameter of one run, as this call got it (the same names as semi_supervised's: tested).
+    common = {name: value for name, value in locals().items() if name in RUN_PARAMETERS}
     wanted = list(ratios or [1.0, 3.0, 5.0])
     if not wanted or any(not r > 0 for r in wanted):
         raise ConfigError(f"ratios: positive r_U/L values needed, got {wanted}")

@@ -167,3 +167,20 @@ def test_clusterer_holdout_keeps_identities_from_the_first_backbone_for_the_clus
     assert len(knn) == 1 and knn[0]["nodes"] == 2 * 4  # their 4 images each
     assert sorted(s["num_classes"] for s in summary_of("retrain")) == [8, 8 + ratio["n_pseudo_classes"]]
     assert lower["retrained"] and lower["rank1_after"] != lower["rank1_before"]
+
+
+def test_compare_ratios_takes_every_run_parameter_with_the_same_default_and_type() -> None:
+    """compare-ratios spells semi_supervised's parameters out (Prefect's form shows them); they must not drift."""
+    import inspect
+
+    from flows.compare_ratios import RUN_PARAMETERS, compare_ratios
+    from flows.semi_supervised import semi_supervised
+
+    run = inspect.signature(semi_supervised.fn).parameters
+    sweep = inspect.signature(compare_ratios.fn).parameters
+    assert set(RUN_PARAMETERS) == set(run) - {"ratio", "labels", "label"}
+    for name in RUN_PARAMETERS:
+        assert name in sweep, name
+        assert sweep[name].annotation == run[name].annotation, name
+        if name != "run_dir":  # each flow has its own default run folder
+            assert sweep[name].default == run[name].default, name
