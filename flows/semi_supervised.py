@@ -41,6 +41,23 @@ LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
 ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
+# The Prefect Variable an empty ``data_path`` is read from, per source, when the run starts (not when
+# a deployment is created): `prefect variable set ms1m_path /data/faces_emore`.
+DATA_PATH_VARIABLES = {"recordio": "ms1m_path", "folder": "faces_path", "features": "features_path"}
+
+
+def runtime_data_path(data_source: str, data_path: str | None) -> str | None:
+    """``data_path``, or when it is empty the source's Prefect Variable as it is now."""
+    if data_path or data_source not in DATA_PATH_VARIABLES:
+        return data_path
+    from prefect.variables import Variable
+
+    name = DATA_PATH_VARIABLES[data_source]
+    value = Variable.get(name)
+    if not value:
+        raise ConfigError(f"data_path: required for data_source={data_source!r}: pass it (--param data_path=...) or "
+                          f"set the Prefect variable {name!r} (prefect variable set {name} /path/to/data)")
+    return str(value)
 
 
 def train_settings(backbone: str, image_size: int, epochs: int, seed: int,
@@ -139,6 +156,7 @@ def semi_supervised(
     train = train_settings(backbone, image_size, epochs, seed, train_options) if has_images else None
     retrain = train_settings(backbone, image_size, epochs, seed, {**(train_options or {}), **(retrain_options or {})}
                              ) if has_images else None
+    data_path = runtime_data_path(data_source, data_path)
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
     if not 0.0 <= clusterer_holdout < 1.0:

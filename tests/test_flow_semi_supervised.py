@@ -122,7 +122,8 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         ({"ratio": 0.0}, ConfigError, "r_U/L must be > 0"),
         ({"ratio": -2.0}, ConfigError, "r_U/L must be > 0"),
         ({"data_source": "folder", "data_path": "/nonexistent/faces", "data_options": {}}, DataError, "/nonexistent/faces"),
-        ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError, "data_path: required"),
+        ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError,
+         "data_path: required for data_source='recordio': .* or set the Prefect variable 'ms1m_path'"),
         ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
         ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
     ],
@@ -132,6 +133,22 @@ def test_bad_parameters_fail_at_the_start_with_nothing_written(prefect_server, t
     with pytest.raises(error, match=message.replace("(", r"\(")):
         semi_supervised(run_dir=str(run_dir), **{**TINY, **override})
     assert not run_dir.exists()
+
+
+def test_an_empty_data_path_reads_the_variable_when_the_run_starts(prefect_server, tmp_path):
+    from prefect.variables import Variable
+
+    from flows.semi_supervised import runtime_data_path
+
+    assert runtime_data_path("demo", None) is None and runtime_data_path("recordio", "/given") == "/given"
+    Variable.set("ms1m_path", str(tmp_path / "emore"), overwrite=True)
+    try:
+        assert runtime_data_path("recordio", None) == str(tmp_path / "emore")
+        with pytest.raises(DataError, match="emore: not found"):  # read, then checked like a given path
+            semi_supervised(run_dir=str(tmp_path / "run"), **{**TINY, "data_source": "recordio", "data_path": None,
+                                                               "data_options": {}})
+    finally:
+        Variable.unset("ms1m_path")
 
 
 def test_clusters_can_come_from_the_pretrained_dlib_embedder(prefect_server, tmp_path):
