@@ -21,7 +21,7 @@ from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError
 from semiface.markdown import markdown_table
-from tasks.common import png_markdown
+from tasks.common import png_markdown, route_library_logs
 from tasks.plots import plot_ratio_sweep
 
 # The parameters compare-ratios passes to every run: semi_supervised's, less what the sweep sets per run.
@@ -85,6 +85,7 @@ def compare_ratios(
 ) -> dict[str, Any]:
     """Rank-1 at the largest distractor set vs r_U/L (default 1, 3, 5, capped by the data) with both bounds."""
     logger = get_run_logger()
+    route_library_logs()
     if max_parallel < 1:
         raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
     # Every parameter of one run, as this call got it (the same names as semi_supervised's: tested).

@@ -24,7 +24,7 @@ from semiface.errors import ConfigError
 from semiface.markdown import markdown_table
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
-from tasks.common import StageContext, artifact_key, result_of
+from tasks.common import StageContext, artifact_key, result_of, route_library_logs
 from tasks.embed_dlib import embed_dlib_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_features import extract_features_task
@@ -146,6 +146,7 @@ def semi_supervised(
     the labelled and one for the pseudo-labelled set (default ``"single"``: one head over both).
     """
     logger = get_run_logger()
+    route_library_logs()
     data_options = dict(data_options or {})
     if data_source == "demo":
         data_options.setdefault("image_size", image_size)

@@ -9,6 +9,7 @@ computes and returns the ``StageResult``. Flows read either through ``result_of`
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +33,28 @@ from tasks.stage_cache import StageResult, StageSpec, StageStore
 FAULT_ENV = "SEMIFACE_INJECT_FAULT"
 # Embed plots in markdown artifacts (as data URIs) up to this size; larger ones are linked by path only.
 MAX_EMBEDDED_PNG = 400_000
+
+
+# The library packages whose log records (and Python warnings, through "py.warnings") belong in the
+# flow-run logs of the Prefect server, beside the tasks' own.
+LIBRARY_LOGGERS = ("backbone", "clustering", "recognition_eval", "semiface", "py.warnings")
+
+
+def route_library_logs() -> None:
+    """Send the library loggers and Python warnings to the Prefect API (the dashboard's run logs).
+
+    What ``PREFECT_LOGGING_EXTRA_LOGGERS`` does, but at run time: a worker has set its logging up
+    before it loads the flow, so the setting would have to be in its environment. Idempotent.
+    """
+    logging.captureWarnings(True)
+    api_handlers = logging.getLogger("prefect.extra").handlers
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        for handler in api_handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
 
 
 class InjectedFault(SemifaceError, RuntimeError):

@@ -201,3 +201,29 @@ def test_compare_ratios_takes_every_run_parameter_with_the_same_default_and_type
         assert sweep[name].annotation == run[name].annotation, name
         if name != "run_dir":  # each flow has its own default run folder
             assert sweep[name].default == run[name].default, name
+
+
+def test_library_logs_and_warnings_reach_the_flow_run_logs(prefect_server):
+    import logging
+    import warnings
+
+    from prefect import flow
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+
+    from tasks.common import route_library_logs
+
+    @flow
+    def noisy() -> str:
+        route_library_logs()
+        logging.getLogger("clustering.somewhere").info("a library record")
+        warnings.warn("a library warning", UserWarning, stacklevel=1)
+        return str(get_run_context().flow_run.id)
+
+    run_id = noisy()
+    APILogHandler().flush()  # send what is queued and wait
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    messages = " | ".join(log.message for log in logs)
+    assert "a library record" in messages and "a library warning" in messages
