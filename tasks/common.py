@@ -46,6 +46,7 @@ def route_library_logs() -> None:
     What ``PREFECT_LOGGING_EXTRA_LOGGERS`` does, but at run time: a worker has set its logging up
     before it loads the flow, so the setting would have to be in its environment. Idempotent.
     """
+    logging.captureWarnings(False)  # hook again even if warnings.showwarning was replaced since the last call
     logging.captureWarnings(True)
     api_handlers = logging.getLogger("prefect.extra").handlers
     for name in LIBRARY_LOGGERS:
