@@ -10,16 +10,18 @@ workers of its pool pick up (the run directory must then be on storage every wor
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import wait
 
 from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
-from semiface.errors import ConfigError
+from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
 from tasks.common import png_markdown, route_library_logs
 from tasks.plots import plot_ratio_sweep
@@ -29,7 +31,8 @@ from tasks.plots import plot_ratio_sweep
 RUN_PARAMETERS = tuple(name for name in inspect.signature(semi_supervised.fn).parameters
                        if name not in ("ratio", "labels", "label"))
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
-                 "rank1", "gain_vs_lower")
+                 "rank1", "gain_vs_lower", "status")
+POLL_SECONDS = 2.0  # how often the sweep looks for a finished run to start the next
 
 
 def cap_ratios(ratios: list[float], n_labelled: int, n_unlabelled: int) -> tuple[list[float], float]:
@@ -41,9 +44,22 @@ def cap_ratios(ratios: list[float], n_labelled: int, n_unlabelled: int) -> tuple
     return capped, largest
 
 
+def child_parameters(common: dict[str, Any], deployment: str | None) -> dict[str, Any]:
+    """What a run is given. Nested here: every parameter. On a deployment: those this sweep was given
+    away from semi_supervised's defaults, so the deployment's own parameters hold for the rest (a
+    sweep over ``semi-supervised/ms1m`` runs with the ms1m settings), and ``run_dir`` always (the
+    runs share it, and the sweep reads each run's summary there)."""
+    if deployment is None:
+        return dict(common)
+    defaults = {name: p.default for name, p in inspect.signature(semi_supervised.fn).parameters.items()}
+    return {name: value for name, value in common.items() if name == "run_dir" or value != defaults[name]}
+
+
 @task(name="run-semi-supervised", task_run_name="run-semi-supervised[{label}]", tags=["sweep"])
 def run_child(label: str, parameters: dict[str, Any], deployment: str | None) -> dict[str, Any]:
-    """One run of the sweep: a nested flow run here, or a flow run of ``deployment`` on a work pool."""
+    """One run of the sweep: a nested flow run here, or a flow run of ``deployment`` on a work pool
+    (its summary is read from ``<run_dir>/<label>.json``, which the run writes last: flow results are
+    not persisted, and the run folder is the storage every worker of a sweep must share)."""
     if deployment is None:
         return semi_supervised(**parameters, label=label)
     from prefect.deployments import run_deployment
@@ -51,7 +67,33 @@ def run_child(label: str, parameters: dict[str, Any], deployment: str | None) ->
     run = run_deployment(deployment, parameters={**parameters, "label": label}, timeout=None)
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"{deployment} run {run.name} for {label} ended {run.state}")
-    return run.state.result()
+    summary_path = Path(parameters["run_dir"]) / f"{label}.json"
+    if not summary_path.is_file():
+        raise DataError(summary_path, f"{deployment} run {run.name} completed but its summary is not here: "
+                                      "the workers and this flow must see the same run_dir")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def run_all(plan: list[tuple[str, dict[str, Any]]], deployment: str | None, max_parallel: int,
+            ) -> dict[str, dict[str, Any]]:
+    """Every run of ``plan``, at most ``max_parallel`` at a time (a finished run frees its slot at
+    once); label -> its summary, or for a run that failed ``{"failed": why, "ratio", "labels"}``."""
+    results: dict[str, dict[str, Any]] = {}
+    waiting, running = list(plan), {}
+    while waiting or running:
+        while waiting and len(running) < max_parallel:
+            label, params = waiting.pop(0)
+            running[label] = (run_child.submit(label, params, deployment), params)
+        wait([future for future, _ in running.values()], timeout=POLL_SECONDS)
+        for label, (future, params) in list(running.items()):
+            if future.state.is_final():
+                del running[label]
+                try:
+                    results[label] = future.result()
+                except Exception as exc:  # a failed run is reported in the table, not fatal to the sweep
+                    get_run_logger().error("run %s failed: %s", label, exc)
+                    results[label] = {"failed": str(exc), "ratio": params["ratio"], "labels": params["labels"]}
+    return results
 
 
 @flow(name="compare-ratios", log_prints=True)
@@ -94,22 +136,20 @@ def compare_ratios(
     if not wanted or any(not r > 0 for r in wanted):
         raise ConfigError(f"ratios: positive r_U/L values needed, got {wanted}")
 
-    # The lower bound first: it validates the parameters and computes every shared stage once.
-    lower = run_child("lower-bound", {**common, "labels": "labelled_only"}, deployment)
+    # The lower bound first: it validates the parameters and computes every shared stage once (a
+    # failure there fails the sweep: every other run would fail the same way).
+    lower = run_child("lower-bound", {**child_parameters(common, deployment), "labels": "labelled_only"}, deployment)
     pool = lower["n_unlabelled_pool"]
     capped, largest = cap_ratios(wanted, lower["n_labelled"], pool)
     if capped != sorted(float(r) for r in wanted):
         logger.warning("r_U/L %s capped by the data (%d labelled, %d unlabelled images: at most %.2f): running %s",
                        wanted, lower["n_labelled"], pool, largest, capped)
-    plan = [(f"ratio-{r:g}", {**common, "ratio": r, "labels": "clusters"}) for r in capped]
+    given = child_parameters(common, deployment)
+    plan = [(f"ratio-{r:g}", {**given, "ratio": r, "labels": "clusters"}) for r in capped]
     if include_bounds:
-        plan.append(("upper-bound", {**common, "ratio": capped[-1], "labels": "ground_truth"}))
+        plan.append(("upper-bound", {**given, "ratio": capped[-1], "labels": "ground_truth"}))
     results: dict[str, dict[str, Any]] = {"lower-bound": lower} if include_bounds else {}
-    for start in range(0, len(plan), max_parallel):
-        batch = plan[start : start + max_parallel]
-        futures = [run_child.submit(label, params, deployment) for label, params in batch]
-        results.update({label: future.result() for (label, _), future in zip(batch, futures, strict=True)})
-
+    results.update(run_all(plan, deployment, max_parallel))
     return publish_comparison(Path(run_dir) / "compare", results, lower)
 
 
@@ -119,16 +159,21 @@ def final_rank1(summary: dict[str, Any]) -> float | None:
 
 
 def comparison_rows(results: dict[str, dict[str, Any]], lower: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per run, in the order lower bound, ratios ascending, upper bound."""
+    """One row per run, in the order lower bound, ratios ascending, upper bound; a failed run keeps
+    its row, with its failure as status and no figures."""
     base = final_rank1(lower)
     rows = []
     for label, s in results.items():
+        if "failed" in s:
+            rows.append({**dict.fromkeys(TABLE_COLUMNS), "run": label, "r_U/L": s["ratio"],
+                         "status": f"failed: {s['failed']}"})
+            continue
         rank1 = final_rank1(s)
         rows.append({
             "run": label, "r_U/L": s["ratio"] if s["labels"] != "labelled_only" else 0.0,
             "reached": s["effective_ratio"], "kept": s["n_kept"], "pseudo_classes": s["n_pseudo_classes"],
             "purity": s["purity"], "pairwise_f": s["pairwise_f"], "bcubed_f": s["bcubed_f"], "nmi": s["nmi"],
-            "rank1": rank1, "gain_vs_lower": None if rank1 is None else 100 * (rank1 - base),
+            "rank1": rank1, "gain_vs_lower": None if rank1 is None else 100 * (rank1 - base), "status": "completed",
         })
     order = {"lower-bound": (0, 0.0), "upper-bound": (2, 0.0)}
     return sorted(rows, key=lambda r: order.get(r["run"], (1, r["r_U/L"])))
@@ -137,7 +182,7 @@ def comparison_rows(results: dict[str, dict[str, Any]], lower: dict[str, Any]) -
 def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower: dict[str, Any]) -> dict[str, Any]:
     """Table (parquet, markdown, artifact) and plot (PNG, embedded in a markdown artifact)."""
     rows = comparison_rows(results, lower)
-    sweep = [r for r in rows if r["run"].startswith("ratio-")]
+    sweep = [r for r in rows if r["run"].startswith("ratio-") and r["rank1"] is not None]
     upper = next((r for r in rows if r["run"] == "upper-bound"), None)
     size = lower["largest_distractor_size"]
     out_dir.mkdir(parents=True, exist_ok=True)

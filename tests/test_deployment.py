@@ -114,11 +114,28 @@ def test_demo_deployment_runs_to_completed_on_a_process_worker(prefect_env, tmp_
         output = ran.stdout + ran.stderr
         assert ran.returncode == 0, output + worker_log.read_text()
         assert "COMPLETED" in output.upper(), output
+        summary = json.loads((run_dir / "run.json").read_text())
+        assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 12
+        assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+
+        # A sweep over the deployment: every run is a deployment run the worker picks up; the runs get
+        # what the sweep was given and the deployment's own parameters for the rest (its method).
+        sweep_dir = tmp_path / "sweep"
+        given = {k: v for k, v in OVERRIDES.items() if k != "labels"}
+        script = ("import json, sys; from flows.compare_ratios import compare_ratios; "
+                  "s = compare_ratios(deployment='semi-supervised/demo', ratios=[1.0], max_parallel=2, "
+                  f"run_dir={str(sweep_dir)!r}, **json.loads(sys.argv[1])); print('ROWS', json.dumps(s['rows']))")
+        swept = subprocess.run([sys.executable, "-c", script, json.dumps(given)], cwd=REPO_ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert swept.returncode == 0, swept.stdout + swept.stderr + worker_log.read_text()
     finally:
         stop(worker)
-    summary = json.loads((run_dir / "run.json").read_text())
-    assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 12
-    assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+    rows = {row["run"]: row for row in json.loads(swept.stdout.split("ROWS ", 1)[1].splitlines()[0])}
+    assert set(rows) == {"lower-bound", "ratio-1", "upper-bound"}
+    assert {row["status"] for row in rows.values()} == {"completed"}, rows
+    assert (sweep_dir / "compare" / "comparison.md").is_file()
+    child = json.loads((sweep_dir / "ratio-1.json").read_text())
+    assert child["method"] == "infomap"  # the deployment's method, not compare-ratios' default (facet)
 
 
 def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:

@@ -227,3 +227,22 @@ def test_library_logs_and_warnings_reach_the_flow_run_logs(prefect_server):
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
     messages = " | ".join(log.message for log in logs)
     assert "a library record" in messages and "a library warning" in messages
+
+
+def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, tmp_path, monkeypatch):
+    from flows.compare_ratios import child_parameters, compare_ratios
+
+    monkeypatch.setenv(FAULT_ENV, "cluster:1")  # only the r_U/L run clusters: it fails, the bounds complete
+    run_dir = tmp_path / "sweep"
+    summary = compare_ratios(ratios=[1.0], max_parallel=2, run_dir=str(run_dir), **TINY)
+    rows = {row["run"]: row for row in summary["rows"]}
+    assert rows["ratio-1"]["status"].startswith("failed: cluster: injected fault")
+    assert rows["ratio-1"]["rank1"] is None and rows["ratio-1"]["r_U/L"] == 1.0
+    assert rows["lower-bound"]["status"] == rows["upper-bound"]["status"] == "completed"
+    assert "failed: cluster" in (run_dir / "compare" / "comparison.md").read_text()
+    assert (run_dir / "compare" / "rank1_vs_ratio.png").is_file()
+
+    # On a deployment a run gets only what differs from the flow's defaults, and the shared run_dir.
+    common = {"method": "facet", "k": 80, "epochs": 3, "run_dir": "runs/x", "device": "auto"}
+    assert child_parameters(common, None) == common
+    assert child_parameters(common, "semi-supervised/ms1m") == {"epochs": 3, "run_dir": "runs/x"}
