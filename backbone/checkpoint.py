@@ -15,31 +15,20 @@ from typing import Any
 import torch
 
 from backbone.model import FaceEmbedder, ModelConfig, build_model
-from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
+from semiface.training.checkpoints import load_model_file, save_model_file
 
 CHECKPOINT_FORMAT = "semiface.backbone/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    return Path(path)
+    return save_model_file(path, CHECKPOINT_FORMAT, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a truncated or foreign file
-        raise DataError(path, f"not a readable checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(path, f"not a semiface backbone checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return payload
+    return load_model_file(path, CHECKPOINT_FORMAT, "semiface backbone")
 
 
 def checkpoint_model_config(payload: dict[str, Any], source: str | Path) -> ModelConfig:

@@ -276,7 +276,7 @@ def test_init_checkpoint_of_another_architecture_is_refused(small_manifest, demo
         train_backbone(small_manifest, demo.parent, tmp_path / "run", replace(SHORT, init=str(tmp_path / "missing.pt")))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"junk.pt: not a readable checkpoint"):
+    with pytest.raises(DataError, match=r"junk.pt: not a readable semiface backbone model"):
         train_backbone(small_manifest, demo.parent, tmp_path / "run2", replace(SHORT, init=str(junk)))
 
 
@@ -304,7 +304,7 @@ def test_extraction_failure_leaves_an_existing_output_untouched(trained, demo, t
     assert out.read_bytes() == b"previous result" and sorted(tmp_path.iterdir()) == sorted([manifest, out])
     with pytest.raises(ConfigError, match="must end in .npy"):
         extract_features(model, demo, demo.parent, tmp_path / "features.bin", device="cpu")
-    with pytest.raises(DataError, match=r"broken.parquet: not a semiface backbone checkpoint|not a readable"):
+    with pytest.raises(DataError, match=r"broken.parquet: not a semiface backbone model file|not a readable"):
         extract_features(manifest, demo, demo.parent, tmp_path / "f.npy", device="cpu")
 
 
