@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if int(os.environ.get("RANK", "0")) == 0:
         print(model)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            print(f"trained by {world} processes (DDP)", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,7 @@ from tasks.prepare_data import check_inputs, data_options_for
 from tasks.prepare_data import prepare_data as prepare_data_task
 from tasks.retrain import retrain_task
 from tasks.stage_cache import StageResult
-from tasks.train_backbone import TASK_OWNED, train_backbone_task
+from tasks.train_backbone import LAUNCH_OPTIONS, TASK_OWNED, train_backbone_task
 from tasks.train_clusterer import build_method, train_clusterer_task
 
 DataSource = Literal["demo", "folder", "recordio", "features"]
@@ -62,14 +62,19 @@ def runtime_data_path(data_source: str, data_path: str | None) -> str | None:
 
 def train_settings(backbone: str, image_size: int, epochs: int, seed: int,
                    train_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The TrainConfig fields of both trainings (validated; run-time fields are the tasks')."""
+    """The TrainConfig fields of both trainings, with the launch options (``nproc_per_node``)
+    (validated; run-time fields are the tasks')."""
     from backbone.train_config import TrainConfig
 
     settings = {"trunk": backbone, "image_size": image_size, "epochs": epochs, "seed": seed, **(train_options or {})}
     owned = sorted(TASK_OWNED & set(settings))
     if owned:
         raise ConfigError(f"train_options: {owned} are set by the flow (device, num_workers) or the stage (init)")
-    TrainConfig.from_dict(settings)  # unknown fields and bad values raise ConfigError here
+    config = TrainConfig.from_dict({k: v for k, v in settings.items() if k not in LAUNCH_OPTIONS})
+    nproc = settings.get("nproc_per_node", 1)
+    if not isinstance(nproc, int) or nproc < 1 or config.batch_size % nproc or config.batch_size // nproc < 2:
+        raise ConfigError(f"train_options.nproc_per_node: a whole number of processes >= 1 that splits batch_size "
+                          f"{config.batch_size} into >= 2 images each, got {nproc!r}")
     return settings
 
 

@@ -16,6 +16,9 @@ from tasks.stage_cache import StageResult, StageSpec
 CODE = ("backbone", "semiface")
 # TrainConfig fields the task sets itself (from the run context or upstream stages).
 TASK_OWNED = frozenset({"device", "num_workers", "verbose", "init"})
+# Training options that say how the stage launches training, not TrainConfig fields:
+# nproc_per_node > 1 trains under torchrun (DDP) in a child process of the task.
+LAUNCH_OPTIONS = frozenset({"nproc_per_node"})
 
 
 def run_training(
@@ -45,7 +48,7 @@ def run_training(
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         logger = get_run_logger()
         config = TrainConfig.from_dict({
-            **train, "device": ctx.device, "num_workers": ctx.num_workers, "verbose": False,
+            **{k: v for k, v in train.items() if k not in LAUNCH_OPTIONS}, "device": ctx.device, "num_workers": ctx.num_workers, "verbose": False,
             "init": str(init.path("model")) if init else "scratch",
         })
         progress = Progress(ctx, stage, f"{stage}: epochs done")
@@ -63,9 +66,17 @@ def run_training(
             frame = read_manifest(source)
             source = write_manifest(without_rows(frame, clusterer_holdout_mask(frame, holdout, seed)),
                                     folder / "backbone_manifest.parquet")
-        record = data.summary.get("record_file")
-        model = train_backbone(source, _image_root(data), folder / "train", config, progress=on_epoch,
-                               record_file=Path(record) if record else None)
+        record = Path(data.summary["record_file"]) if data.summary.get("record_file") else None
+        nproc = int(train.get("nproc_per_node", 1))
+        if nproc > 1:
+            from tasks.torchrun import train_with_torchrun
+
+            logger.info("%s: training under torchrun with %d processes", stage, nproc)
+            model = train_with_torchrun(nproc, Path(source), _image_root(data), folder / "train", config, record,
+                                        on_epoch)
+        else:
+            model = train_backbone(source, _image_root(data), folder / "train", config, progress=on_epoch,
+                                   record_file=record)
         progress.update(100.0)
         metrics = model.parent / "metrics.json"
         history = json.loads(metrics.read_text(encoding="utf-8"))

@@ -125,6 +125,7 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError,
          "data_path: required for data_source='recordio': .* or set the Prefect variable 'ms1m_path'"),
         ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
+        ({"train_options": {"batch_size": 8, "nproc_per_node": 3}}, ConfigError, "nproc_per_node: .* got 3"),
         ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
     ],
 )
@@ -246,3 +247,19 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
     common = {"method": "facet", "k": 80, "epochs": 3, "run_dir": "runs/x", "device": "auto"}
     assert child_parameters(common, None) == common
     assert child_parameters(common, "semi-supervised/ms1m") == {"epochs": 3, "run_dir": "runs/x"}
+
+
+def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_server, tmp_path):
+    """nproc_per_node=2: two gloo ranks train in a child torchrun of the task; the task writes the stage
+    record (the ranks never touch the cache), and a rerun finds the stage cached."""
+    run_dir = tmp_path / "run"
+    params = {**TINY, "labels": "labelled_only", "train_options": {"batch_size": 8, "nproc_per_node": 2}}
+    first = semi_supervised(run_dir=str(run_dir), **params, return_state=True)
+    summary = first.result()
+    assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+    (done,) = (run_dir / "stages").glob("train_backbone-*/done.json")
+    assert (done.parent / "train" / "model.pt").is_file()
+    assert "trained by 2 processes (DDP)" in (done.parent / "train_torchrun.log").read_text()
+    second = semi_supervised(run_dir=str(run_dir), **params, return_state=True)
+    assert second.result()["rank1_before_largest"] == summary["rank1_before_largest"]
+    assert task_states(second.state_details.flow_run_id)["train-backbone"] == ["Cached"]
