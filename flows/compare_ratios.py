@@ -9,6 +9,11 @@ workers of its pool pick up (the run directory must then be on storage every wor
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line, parsed before the heavy imports (--help answers at once)
+    from flows.cli import parse_flow_arguments
+
+    COMMAND_LINE = parse_flow_arguments(__file__, "compare_ratios")
+
 import inspect
 import json
 from pathlib import Path
@@ -202,3 +207,6 @@ def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower:
         key="compare-ratios-summary", description="r_U/L sweep with lower and upper bounds")
     return summary
 
+
+if __name__ == "__main__":
+    print(compare_ratios(**COMMAND_LINE))

@@ -13,6 +13,11 @@ unlabelled rows: the lower bound, which is the first model itself, so nothing is
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line, parsed before the heavy imports (--help answers at once)
+    from flows.cli import parse_flow_arguments
+
+    COMMAND_LINE = parse_flow_arguments(__file__, "semi_supervised")
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,3 +286,7 @@ def publish_verdict(ctx: StageContext, summary: dict[str, Any]) -> None:
         body += markdown_table(rows)
     create_markdown_artifact(body, key=artifact_key(label, "verdict"), description="did retraining help")
     create_table_artifact(rows, key=artifact_key(label, "identification"), description="rank-1 before / after")
+
+
+if __name__ == "__main__":
+    print(semi_supervised(**COMMAND_LINE))
