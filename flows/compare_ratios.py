@@ -28,7 +28,7 @@ from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
-from tasks.common import png_markdown, route_library_logs
+from tasks.common import artifact_key, experiment_name, png_markdown, route_library_logs
 from tasks.plots import plot_ratio_sweep
 
 # The parameters compare-ratios passes to every run: semi_supervised's, less what the sweep sets per run.
@@ -201,10 +201,14 @@ def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower:
     summary = {"rows": rows, "table": str(out_dir / "comparison.md"), "plot": str(plot),
                "largest_distractor_size": size, "runs": results}
     save_json(out_dir / "comparison.json", summary)
-    create_table_artifact(rows, key="compare-ratios-table", description=f"rank-1 at {size} distractors vs r_U/L")
+    experiment = experiment_name(out_dir.parent)
+    verdicts = ", ".join(f"`{artifact_key(experiment, label, 'verdict')}`" for label in results)
+    create_table_artifact(rows, key=artifact_key(experiment, "compare-ratios-table"),
+                          description=f"rank-1 at {size} distractors vs r_U/L")
     create_markdown_artifact(
-        f"## r_U/L sweep: rank-1 at {size} distractors\n\n" + table_md + "\n" + png_markdown(plot, "rank-1 vs r_U/L"),
-        key="compare-ratios-summary", description="r_U/L sweep with lower and upper bounds")
+        f"## r_U/L sweep: rank-1 at {size} distractors\n\n" + table_md + "\n" + png_markdown(plot, "rank-1 vs r_U/L")
+        + f"\n\nEach run's own verdict: {verdicts}.\n",
+        key=artifact_key(experiment, "compare-ratios"), description="r_U/L sweep with lower and upper bounds")
     return summary
 
 

@@ -29,7 +29,7 @@ from semiface.errors import ConfigError
 from semiface.markdown import markdown_table
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
-from tasks.common import StageContext, artifact_key, result_of, route_library_logs
+from tasks.common import StageContext, artifact_key, experiment_name, result_of, route_library_logs
 from tasks.embed_dlib import embed_dlib_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_features import extract_features_task
@@ -182,7 +182,8 @@ def semi_supervised(
         load_dlib_models()  # the extra missing -> ConfigError before anything is written
 
     root = Path(run_dir)
-    ctx = StageContext(cache_root=str(root / "stages"), label=label, device=device, num_workers=num_workers)
+    ctx = StageContext(cache_root=str(root / "stages"), label=label, experiment=experiment_name(root), device=device,
+                       num_workers=num_workers)
     logger.info("run %s: %s data, method %s, r_U/L=%g, labels=%s, stages cached in %s",
                 label, data_source, method, ratio, labels, ctx.cache_root)
 
@@ -257,13 +258,17 @@ def run_summary(label: str, ratio: float, labels: str, method: str, data: StageR
 
 
 def publish_verdict(ctx: StageContext, summary: dict[str, Any]) -> None:
-    """The run's final artifact: did retraining help, and by how much (rank-1 at every distractor size)."""
+    """The run's final artifact: did retraining help, and by how much (rank-1 at every distractor size);
+    it names where a sweep over the same run folder compares this run with the others."""
     label = summary["label"]
+    compared = (f"\n\nBeside the other runs of this run folder: artifact `{artifact_key(ctx.experiment, 'compare-ratios')}`"
+                f" and `{Path(ctx.cache_root).parent / 'compare' / 'comparison.md'}` (when compare-ratios ran them).\n")
     if "rank1_before" not in summary:
         body = (f"No identification evaluation for `{label}` (feature-only data): "
                 f"kept {summary['n_kept']} of {summary['n_sampled']} sampled images as pseudo-labels; "
                 f"retraining manifest `{summary['retrain_manifest']}`.\n")
-        create_markdown_artifact(body, key=artifact_key(label, "verdict"), description="outcome of the run")
+        create_markdown_artifact(body + compared, key=artifact_key(ctx.experiment, label, "verdict"),
+                                 description="outcome of the run")
         return
     before, after = summary["rank1_before"], summary["rank1_after"]
     rows = []
@@ -284,8 +289,10 @@ def publish_verdict(ctx: StageContext, summary: dict[str, Any]) -> None:
                 f"`{label}`: retrained on {summary['n_labelled']} labelled + {summary['n_kept']} images with {what} "
                 f"(r_U/L = {summary['ratio']:g}, reached {summary['effective_ratio']:g}).\n\n")
         body += markdown_table(rows)
-    create_markdown_artifact(body, key=artifact_key(label, "verdict"), description="did retraining help")
-    create_table_artifact(rows, key=artifact_key(label, "identification"), description="rank-1 before / after")
+    create_markdown_artifact(body + compared, key=artifact_key(ctx.experiment, label, "verdict"),
+                             description="did retraining help")
+    create_table_artifact(rows, key=artifact_key(ctx.experiment, label, "identification"),
+                          description="rank-1 before / after")
 
 
 if __name__ == "__main__":

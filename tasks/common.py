@@ -9,6 +9,7 @@ computes and returns the ``StageResult``. Flows read either through ``result_of`
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -68,6 +69,7 @@ class StageContext:
 
     cache_root: str
     label: str = "run"  # e.g. "ratio-3", "lower-bound": prefixes artifact keys
+    experiment: str = "run"  # the run folder's ``experiment_name``: artifact keys of two experiments never meet
     device: str = "auto"
     num_workers: int = 0
     refresh: tuple[str, ...] = ()  # stage names to recompute even when cached
@@ -102,11 +104,11 @@ def execute(
     else:
         logger.info("%s: done in %.1f s -> %s", spec.stage, result.seconds, result.dir)
         heading += f"*Computed in {result.seconds:.1f} s; outputs in `{result.dir}`.*\n\n"
-    create_markdown_artifact(heading + report(result), key=artifact_key(ctx.label, spec.stage),
+    create_markdown_artifact(heading + report(result), key=artifact_key(ctx.experiment, ctx.label, spec.stage),
                              description=f"{spec.stage} summary")
     for name, rows in (tables(result) if tables else {}).items():
         if rows:
-            create_table_artifact(rows, key=artifact_key(ctx.label, name), description=name.replace("-", " "))
+            create_table_artifact(rows, key=artifact_key(ctx.experiment, ctx.label, name), description=name.replace("-", " "))
     if result.cached:
         return Completed(name="Cached", message=note, data=result)
     return result
@@ -143,6 +145,13 @@ def _fault_plan(text: str) -> dict[str, int]:
     return plan
 
 
+def experiment_name(run_dir: str | Path) -> str:
+    """A short artifact-key prefix naming an experiment by its run folder: the folder's name and a hash
+    of its absolute path (``demo-1a2b3c``), so that two experiments' artifacts never share a key."""
+    resolved = str(Path(run_dir).resolve())
+    return artifact_key(Path(resolved).name or "run", hashlib.sha1(resolved.encode()).hexdigest()[:6])
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())).strip("-")
@@ -153,7 +162,7 @@ class Progress:
 
     def __init__(self, ctx: StageContext, stage: str, description: str) -> None:
         self._id: UUID = create_progress_artifact(
-            0.0, key=artifact_key(ctx.label, stage, "progress"), description=description
+            0.0, key=artifact_key(ctx.experiment, ctx.label, stage, "progress"), description=description
         )
 
     def update(self, percent: float) -> None:

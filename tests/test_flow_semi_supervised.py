@@ -243,6 +243,19 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
     assert "failed: cluster" in (run_dir / "compare" / "comparison.md").read_text()
     assert (run_dir / "compare" / "rank1_vs_ratio.png").is_file()
 
+    # Artifact keys carry the experiment (the run folder): another experiment's never replace these.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.common import experiment_name
+
+    experiment = experiment_name(run_dir)
+    assert experiment.startswith("sweep-") and experiment != experiment_name(tmp_path / "other" / "sweep")
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(like_=experiment)), limit=200)}
+    assert {f"{experiment}-compare-ratios", f"{experiment}-lower-bound-verdict",
+            f"{experiment}-upper-bound-verdict"} <= keys, keys
+
     # On a deployment a run gets only what differs from the flow's defaults, and the shared run_dir.
     common = {"method": "facet", "k": 80, "epochs": 3, "run_dir": "runs/x", "device": "auto"}
     assert child_parameters(common, None) == common
