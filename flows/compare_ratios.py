@@ -37,7 +37,9 @@ RUN_PARAMETERS = tuple(name for name in inspect.signature(semi_supervised.fn).pa
                        if name not in ("ratio", "labels", "label"))
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
                  "rank1", "gain_vs_lower", "status")
-POLL_SECONDS = 2.0  # how often the sweep looks for a finished run to start the next
+POLL_SECONDS = 2.0
+# Stages the lower bound computes for every run of the sweep (first run, alone): a refresh of them is its own.
+SHARED_BY_LOWER_BOUND = ("prepare_data", "train_backbone")  # how often the sweep looks for a finished run to start the next
 
 
 def cap_ratios(ratios: list[float], n_labelled: int, n_unlabelled: int) -> tuple[list[float], float]:
@@ -129,6 +131,7 @@ def compare_ratios(
     num_workers: int = 4,
     run_dir: str = "runs/compare-ratios",
     seed: int = 0,
+    refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """Rank-1 at the largest distractor set vs r_U/L (default 1, 3, 5, capped by the data) with both bounds."""
     logger = get_run_logger()
@@ -150,6 +153,8 @@ def compare_ratios(
         logger.warning("r_U/L %s capped by the data (%d labelled, %d unlabelled images: at most %.2f): running %s",
                        wanted, lower["n_labelled"], pool, largest, capped)
     given = child_parameters(common, deployment)
+    if refresh:  # the lower bound recomputed the stages every run shares: once is enough
+        given["refresh"] = [stage for stage in refresh if stage not in SHARED_BY_LOWER_BOUND]
     plan = [(f"ratio-{r:g}", {**given, "ratio": r, "labels": "clusters"}) for r in capped]
     if include_bounds:
         plan.append(("upper-bound", {**given, "ratio": capped[-1], "labels": "ground_truth"}))

@@ -45,6 +45,9 @@ DataSource = Literal["demo", "folder", "recordio", "features"]
 LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
 ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
+# The cached stages, by the names ``refresh`` takes (their folders under <run_dir>/stages carry them too).
+STAGES = ("prepare_data", "train_backbone", "extract_features", "embed_dlib", "evaluate", "build_knn",
+          "train_clusterer", "cluster", "merge_pseudo_labels", "retrain")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 # The Prefect Variable an empty ``data_path`` is read from, per source, when the run starts (not when
 # a deployment is created): `prefect variable set ms1m_path /data/faces_emore`.
@@ -136,6 +139,7 @@ def semi_supervised(
     run_dir: str = "runs/semi-supervised",
     seed: int = 0,
     label: str = "run",
+    refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """One semi-supervised run; returns a small JSON-able summary (also written to <run_dir>/<label>.json).
 
@@ -146,6 +150,7 @@ def semi_supervised(
     ``cluster_features``: what the clustering stages cluster: the first backbone's features, or
     ``dlib``'s pretrained face descriptors (optional extra ``reference``; image sources only), for when
     the first backbone is too weak to cluster with. The retrained model is the project's backbone either way.
+    ``refresh``: stages to recompute although cached (e.g. ``["evaluate"]``; see ``STAGES``).
     ``clusterer_holdout``: a share of the labelled identities kept out of the first backbone's
     training and used alone to fit the clusterer, so that its thresholds are tuned on people the
     backbone has not seen (as the unlabelled ones); the retraining, and then the lower bound, which
@@ -167,6 +172,9 @@ def semi_supervised(
     train = train_settings(backbone, image_size, epochs, seed, train_options) if has_images else None
     retrain = train_settings(backbone, image_size, epochs, seed, {**(train_options or {}), **(retrain_options or {})}
                              ) if has_images else None
+    unknown = sorted(set(refresh or ()) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"refresh: unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
     data_path = runtime_data_path(data_source, data_path)
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
@@ -183,7 +191,7 @@ def semi_supervised(
 
     root = Path(run_dir)
     ctx = StageContext(cache_root=str(root / "stages"), label=label, experiment=experiment_name(root), device=device,
-                       num_workers=num_workers)
+                       num_workers=num_workers, refresh=tuple(refresh or ()))
     logger.info("run %s: %s data, method %s, r_U/L=%g, labels=%s, stages cached in %s",
                 label, data_source, method, ratio, labels, ctx.cache_root)
 

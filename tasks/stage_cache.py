@@ -8,8 +8,8 @@ How the key is formed (``stage_key``): sha256 over a canonical JSON document of
 * its inputs: the key of every upstream stage it reads (an upstream key already covers that
   stage's own inputs, parameters and code, so the chain is content-addressed end to end), and a
   fingerprint of every external input (see ``fingerprint_path``);
-* the code: sha256 of the source files of the library packages/modules the stage calls
-  (e.g. ``backbone/`` for training) and of the task module itself.
+* the code: sha256 of the syntax trees (comments, docstrings and layout left out) of the library
+  packages/modules the stage calls (e.g. ``backbone/`` for training) and of the task module itself.
 
 A stage writes into ``<cache root>/<stage>-<key[:16]>/`` and, last, ``done.json`` (atomic rename)
 recording the key, parameters, inputs, the summary and, for every output file, its size, mtime and
@@ -25,6 +25,7 @@ everything; pass the stage name in ``refresh`` (or delete its folder) to force a
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
@@ -91,7 +92,11 @@ def stage_key(spec: StageSpec) -> str:
 
 
 def code_fingerprint(sources: Iterable[str]) -> str:
-    """sha256 of the (relative path, bytes) of every .py file under the given repo paths, sorted."""
+    """sha256 of the (relative path, code) of every .py file under the given repo paths, sorted.
+
+    The code is the file's syntax tree without docstrings (``code_text``): a comment, a docstring or
+    a reformatting does not make a new key (a trained backbone is not thrown away for a comment).
+    """
     digest = hashlib.sha256()
     for rel in sorted(set(sources)):
         root = REPO_ROOT / rel
@@ -104,8 +109,20 @@ def code_fingerprint(sources: Iterable[str]) -> str:
         for path in files:
             digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
             digest.update(b"\0")
-            digest.update(path.read_bytes())
+            digest.update(code_text(path.read_text(encoding="utf-8")).encode())
     return digest.hexdigest()
+
+
+def code_text(source: str) -> str:
+    """What a module computes, as text: its syntax tree (no comments, no layout) without docstrings."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
 
 
 def fingerprint_path(path: str | Path) -> dict[str, Any]:
@@ -113,18 +130,19 @@ def fingerprint_path(path: str | Path) -> dict[str, Any]:
 
     File <= 64 MiB: sha256 of its bytes. Larger file: size, mtime and sha256 of the first and
     last MiB. Folder: sha256 over the sorted (relative path, size, mtime) of every file in it.
+    Where the input lives is not part of it: the same data moved to another root (``mv`` keeps
+    mtimes) or mounted elsewhere by another worker keeps its fingerprint.
     """
     path = Path(path).resolve()
     if path.is_file():
         stat = path.stat()
         if stat.st_size <= FULL_HASH_LIMIT:
-            return {"path": str(path), "sha256": file_sha256(path)}
+            return {"sha256": file_sha256(path)}
         with open(path, "rb") as handle:
             head = handle.read(_EDGE)
             handle.seek(-_EDGE, os.SEEK_END)
             tail = handle.read(_EDGE)
         return {
-            "path": str(path),
             "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
             "edges_sha256": hashlib.sha256(head + tail).hexdigest(),
@@ -139,7 +157,7 @@ def fingerprint_path(path: str | Path) -> dict[str, Any]:
                 stat = full.stat()
                 digest.update(f"{full.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
                 count += 1
-        return {"path": str(path), "files": count, "listing_sha256": digest.hexdigest()}
+        return {"files": count, "listing_sha256": digest.hexdigest()}
     raise DataError(path, "input not found")
 
 

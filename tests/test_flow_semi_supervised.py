@@ -102,6 +102,13 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
     assert len(states) == 9 and sum(len(v) for v in states.values()) == 12
     assert {s for runs in states.values() for s in runs} == {"Cached"}
 
+    # refresh: the named stage computes again (both of its runs: first and retrained model), the rest is cached.
+    refreshed = semi_supervised(run_dir=str(run_dir), **TINY, refresh=["evaluate"], return_state=True)
+    assert refreshed.result()["rank1_after_largest"] == summary["rank1_after_largest"]
+    states = task_states(refreshed.state_details.flow_run_id)
+    assert states["evaluate"] == ["Completed", "Completed"]
+    assert {s for name, runs in states.items() if name != "evaluate" for s in runs} == {"Cached"}
+
     # Two-head retraining on the ground-truth merge (the tiny clustering may keep a single pseudo class,
     # and a head needs two): the first model and data come from the cache, the retraining runs.
     fourth = semi_supervised(run_dir=str(run_dir), **TINY, labels="ground_truth",
@@ -125,6 +132,7 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError,
          "data_path: required for data_source='recordio': .* or set the Prefect variable 'ms1m_path'"),
         ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
+        ({"refresh": ["trian_backbone"]}, ConfigError, "refresh: unknown stage"),
         ({"train_options": {"batch_size": 8, "nproc_per_node": 3}}, ConfigError, "nproc_per_node: .* got 3"),
         ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
     ],
