@@ -8,6 +8,7 @@ the features never have to fit in RAM.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,11 @@ def extract_features(
     device: str = "auto",
     num_workers: int = 0,
     record_file: Path | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Path:
-    """Embed every manifest row with the model of ``checkpoint``; write float32 [N, D] to ``out_path``."""
+    """Embed every manifest row with the model of ``checkpoint``; write float32 [N, D] to ``out_path``.
+
+    ``progress`` gets the percentage of rows done after each batch."""
     # the data layer and its augmentation stack, imported where needed (embed_with_flip runs without them)
     from backbone.augment import eval_transform
     from backbone.data.dataset import ManifestImageDataset
@@ -74,6 +78,8 @@ def extract_features(
             for images, _, _ in tqdm(loader, desc="extract", file=sys.stderr, leave=False):
                 features[start : start + len(images)] = embed_with_flip(model, images, amp_dtype).cpu().numpy()
                 start += len(images)
+                if progress is not None:
+                    progress(100.0 * start / len(manifest))
         features.flush()
         del features  # close the map before the rename
     return out_path

@@ -158,15 +158,19 @@ def artifact_key(*parts: str) -> str:
 
 
 class Progress:
-    """A Prefect progress artifact, updated as work advances (0..100)."""
+    """A Prefect progress artifact, updated as work advances (0..100); sent when it moved a point or more."""
 
     def __init__(self, ctx: StageContext, stage: str, description: str) -> None:
         self._id: UUID = create_progress_artifact(
             0.0, key=artifact_key(ctx.experiment, ctx.label, stage, "progress"), description=description
         )
+        self._sent = 0.0
 
     def update(self, percent: float) -> None:
-        update_progress_artifact(self._id, min(100.0, max(0.0, float(percent))))
+        percent = min(100.0, max(0.0, float(percent)))
+        if percent - self._sent >= 1.0 or (percent == 100.0 and self._sent < 100.0):
+            update_progress_artifact(self._id, percent)
+            self._sent = percent
 
 
 def png_markdown(path: str | Path, title: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from tasks.common import StageContext, execute
+from tasks.common import Progress, StageContext, execute
 from tasks.stage_cache import StageResult, StageSpec
 
 
@@ -24,9 +24,11 @@ def extract_features_task(ctx: StageContext, data: StageResult, model: StageResu
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         root, record = data.summary.get("image_root"), data.summary.get("record_file")
+        progress = Progress(ctx, f"extract-{model.stage}", f"extracting features with the {model.stage} model")
         out = extract_features(model.path("model"), data.path("manifest"), Path(root) if root else None,
                                folder / "features.npy", batch_size=batch_size, device=ctx.device,
-                               num_workers=ctx.num_workers, record_file=Path(record) if record else None)
+                               num_workers=ctx.num_workers, record_file=Path(record) if record else None,
+                               progress=progress.update)
         features = np.load(out, mmap_mode="r")
         return {"features": out}, {"rows": int(features.shape[0]), "dim": int(features.shape[1]),
                                    "model": str(model.path("model"))}
