@@ -21,7 +21,7 @@ def flow_parameters(source: str | Path, function: str) -> tuple[str, list[tuple[
     """(docstring, [(name, annotation, default) as written]) of ``function`` in the file ``source``."""
     tree = ast.parse(Path(source).read_text(encoding="utf-8"))
     node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
-    args = node.args.args
+    args = node.args.args  # a ``**run`` of the function is filled by ``parse_flow_arguments``' ``shared``
     defaults = [None] * (len(args) - len(node.args.defaults)) + list(node.args.defaults)
     params = [(a.arg, ast.unparse(a.annotation) if a.annotation else "", ast.unparse(d) if d is not None else "")
               for a, d in zip(args, defaults, strict=True)]
@@ -35,10 +35,17 @@ def _value(text: str) -> Any:
         return text
 
 
-def parse_flow_arguments(source: str | Path, function: str, argv: list[str] | None = None) -> dict[str, Any]:
+def parse_flow_arguments(
+    source: str | Path, function: str, argv: list[str] | None = None,
+    shared: tuple[str | Path, str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
     """The parameters given on the command line (the flow's defaults hold for the rest); ``--help``
-    prints every parameter with its type and default and exits."""
+    prints every parameter with its type and default and exits. ``shared`` (source, function, names
+    left out): a flow whose ``**run`` takes another flow's parameters lists those too."""
     doc, params = flow_parameters(source, function)
+    if shared is not None:
+        other, other_function, left_out = shared
+        params += [p for p in flow_parameters(other, other_function)[1] if p[0] not in left_out]
     parser = argparse.ArgumentParser(
         prog=f"python -m flows.{Path(source).stem}", description=doc.split("\n\n")[0],
         epilog="Values are JSON where they parse (3, 0.5, true, null, [1, 3], {\"epochs\": 10}), else strings.")

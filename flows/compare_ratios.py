@@ -12,19 +12,21 @@ from __future__ import annotations
 if __name__ == "__main__":  # the command line, parsed before the heavy imports (--help answers at once)
     from flows.cli import parse_flow_arguments
 
-    COMMAND_LINE = parse_flow_arguments(__file__, "compare_ratios")
+    COMMAND_LINE = parse_flow_arguments(__file__, "compare_ratios", shared=(
+        __file__.replace("compare_ratios.py", "semi_supervised.py"), "semi_supervised", ("ratio", "labels", "label")))
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 
-from flows.semi_supervised import ClusterFeatures, DataSource, semi_supervised
+from flows.semi_supervised import semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
@@ -38,6 +40,7 @@ RUN_PARAMETERS = tuple(name for name in inspect.signature(semi_supervised.fn).pa
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
                  "rank1", "gain_vs_lower", "status")
 POLL_SECONDS = 2.0
+SWEEP_RUN_DIR = "runs/compare-ratios"
 # Stages the lower bound computes for every run of the sweep (first run, alone): a refresh of them is its own.
 SHARED_BY_LOWER_BOUND = ("prepare_data", "train_backbone")  # how often the sweep looks for a finished run to start the next
 
@@ -103,43 +106,43 @@ def run_all(plan: list[tuple[str, dict[str, Any]]], deployment: str | None, max_
     return results
 
 
+def with_run_parameters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``fn`` (own parameters, then ``**run``) the signature its callers and Prefect see: its own
+    parameters followed by every parameter of one run (``RUN_PARAMETERS``, keyword-only, with
+    semi_supervised's types and defaults; ``run_dir`` defaults to ``SWEEP_RUN_DIR``). Prefect builds
+    the parameter form, the deployment schema and the validation from this signature: one list of
+    run parameters for both flows, shown in full."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    run = inspect.signature(semi_supervised.fn, eval_str=True).parameters
+    shared = [run[name].replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                                default=SWEEP_RUN_DIR if name == "run_dir" else run[name].default)
+              for name in RUN_PARAMETERS]
+    fn.__signature__ = inspect.signature(fn).replace(parameters=[*own, *shared])
+    return fn
+
+
 @flow(name="compare-ratios", log_prints=True)
+@with_run_parameters
 def compare_ratios(
     ratios: list[float] | None = None,
     include_bounds: bool = True,
     max_parallel: int = 1,
     deployment: str | None = None,
-    data_source: DataSource = "demo",
-    data_path: str | None = None,
-    data_options: dict[str, Any] | None = None,
-    method: str = "facet",
-    method_params: dict[str, Any] | None = None,
-    cluster_features: ClusterFeatures = "backbone",
-    clusterer_holdout: float = 0.0,
-    backbone: str = "resnet50",
-    image_size: int = 112,
-    epochs: int = 20,
-    train_options: dict[str, Any] | None = None,
-    retrain_from: Literal["scratch", "first_model"] = "scratch",
-    retrain_options: dict[str, Any] | None = None,
-    k: int = 80,
-    min_cluster_size: int = 2,
-    min_confidence: float = 0.0,
-    distractor_sizes: list[int] | None = None,
-    extract_batch_size: int = 256,
-    device: str = "auto",
-    num_workers: int = 4,
-    run_dir: str = "runs/compare-ratios",
-    seed: int = 0,
-    refresh: list[str] | None = None,
+    **run: Any,
 ) -> dict[str, Any]:
     """Rank-1 at the largest distractor set vs r_U/L (default 1, 3, 5, capped by the data) with both bounds."""
     logger = get_run_logger()
     route_library_logs()
     if max_parallel < 1:
         raise ConfigError(f"max_parallel: at least 1, got {max_parallel}")
-    # Every parameter of one run, as this call got it (the same names as semi_supervised's: tested).
-    common = {name: value for name, value in locals().items() if name in RUN_PARAMETERS}
+    # Every parameter of one run: as given, else semi_supervised's default (Prefect fills them in from
+    # the signature; a direct call of the undecorated function may leave some out).
+    common = {**{name: p.default for name, p in inspect.signature(compare_ratios.fn).parameters.items()
+                 if name in RUN_PARAMETERS}, **run}
+    unknown = sorted(set(common) - set(RUN_PARAMETERS))
+    if unknown:
+        raise ConfigError(f"compare-ratios: unknown parameter(s) {unknown}")
+    run_dir, refresh = common["run_dir"], common["refresh"]
     wanted = list(ratios or [1.0, 3.0, 5.0])
     if not wanted or any(not r > 0 for r in wanted):
         raise ConfigError(f"ratios: positive r_U/L values needed, got {wanted}")
