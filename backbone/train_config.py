@@ -9,14 +9,13 @@ from backbone.margin import DEFAULT_MARGIN, MARGINS
 from backbone.model import POOLINGS, ModelConfig
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.schedules import DECAYS
+from semiface.training.settings import after_training, runtime_field_names
 
 HEADS = ("single", "multi")  # one margin head over all classes, or one for the labelled and one for the pseudo set
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = DECAYS  # warm-up, then step / poly / cosine / linear decay (semiface.training.schedules)
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-# Fields that change how a run executes, not what it computes: ignored when a run directory is reused.
-RUNTIME_FIELDS = frozenset({"num_workers", "device", "verbose"})
 
 
 @dataclass(frozen=True)
@@ -46,14 +45,14 @@ class TrainConfig:
     batch_size: int = 128  # global: split over the DDP processes
     grad_clip: float | None = 5.0
     aug_strength: float = 0.5
-    num_workers: int = 4
-    device: str = "auto"
+    num_workers: int = after_training(4)
+    device: str = after_training("auto")
     seed: int = 0
     init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
     num_classes: int | None = None  # None: 1 + the largest label
     heads: str = "single"  # "multi": a labelled-set head and a pseudo-set head (retraining manifests)
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
-    verbose: bool = True  # progress bar and per-epoch summary line on stderr
+    verbose: bool = after_training(True)  # progress bar and per-epoch summary line on stderr
 
     def __post_init__(self) -> None:
         choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS,
@@ -106,3 +105,7 @@ class TrainConfig:
         if "lr_milestones" in values:
             values["lr_milestones"] = tuple(values["lr_milestones"])
         return cls(**values)
+
+
+# Fields that change how a run executes, not what it computes: ignored when a run directory is reused.
+RUNTIME_FIELDS = runtime_field_names(TrainConfig)

@@ -57,3 +57,19 @@ def test_command_line_assignments_read_json_values() -> None:
     assert parse_assignment("knn_uf.tau=0.6", "--param") == ("knn_uf.tau", 0.6)
     with pytest.raises(ConfigError, match="--set 'epochs': expected KEY=VALUE"):
         parse_assignment("epochs", "--set")
+
+
+def test_each_trainer_marks_what_does_not_change_training() -> None:
+    from backbone.train_config import RUNTIME_FIELDS, TrainConfig
+    from clustering.clusformer.config import ClusformerConfig
+    from clustering.facet.config import FaceTConfig
+    from semiface.training.settings import runtime_field_names, training_settings
+
+    assert RUNTIME_FIELDS == {"num_workers", "device", "verbose"}
+    assert {"device", "tau", "partition", "tune_samples", "inference_batch"} <= runtime_field_names(FaceTConfig)
+    assert {"device", "tau", "partition", "tune_samples", "infer_batch_size"} <= runtime_field_names(ClusformerConfig)
+    for config in (FaceTConfig(), ClusformerConfig(), TrainConfig(trunk="test_resnet", image_size=32)):
+        settings = training_settings(config)
+        assert "device" not in settings and {"epochs", "seed"} <= set(settings)
+    # what training reads stays in: the epoch choice's slice, the learning rate, the architecture
+    assert {"epoch_val_samples", "lr", "hop1"} <= set(training_settings(FaceTConfig()))

@@ -8,6 +8,7 @@ from typing import Any
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
 from semiface.errors import ConfigError
+from semiface.training.settings import after_training
 
 ENCODINGS = ("cde", "none", "learnable", "sinusoidal")
 PARTITIONS = ("union_find", "infomap")
@@ -64,22 +65,22 @@ class ClusformerConfig:
     val_fraction: float = 0.2
     # rows (whole labelled identities) tau is tuned on after training, and each epoch is scored on
     # (see FaceTConfig and clustering.identities)
-    tune_samples: int = TUNE_SAMPLES
+    tune_samples: int = after_training(TUNE_SAMPLES)
     epoch_val_samples: int = EPOCH_VAL_SAMPLES
     max_train_centres: int | None = None
     seed: int = 0
     # inference and partition
-    infer_batch_size: int = 256
-    partition: str = "union_find"
-    link_rule: str = "average"
-    tau: float | None = None
-    taus: tuple[float, ...] | None = None  # None: quantiles of the validation link scores, refined
+    infer_batch_size: int = after_training(256)
+    partition: str = after_training("union_find")
+    link_rule: str = after_training("average")
+    tau: float | None = after_training(None)
+    taus: tuple[float, ...] | None = after_training(None)  # None: quantiles of the validation link scores, refined
     # where tau is tuned: "heldout" (links between held-out identities) or "all" (see FaceTConfig)
-    tune_on: str = "all"
-    max_size: int | None = None
-    min_size: int = 1
-    drop_below: float | None = None
-    device: str = "auto"
+    tune_on: str = after_training("all")
+    max_size: int | None = after_training(None)
+    min_size: int = after_training(1)
+    drop_below: float | None = after_training(None)
+    device: str = after_training("auto")
 
     def __post_init__(self) -> None:
         if self.k < 2:

@@ -29,13 +29,11 @@ from semiface.devices import autocast_dtype
 from semiface.errors import DataError
 from semiface.training.checkpoints import data_fingerprint, load_training_state, save_training_state
 from semiface.training.schedules import lr_factor
+from semiface.training.settings import training_settings
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "clusformer-train-v2"
-# Settings that change how a trained model is run or its links cut, not what training computes.
-INFERENCE_FIELDS = frozenset({"infer_batch_size", "partition", "link_rule", "tau", "taus", "tune_on", "tune_samples",
-                              "max_size", "min_size", "drop_below", "device"})
 
 Validator = Callable[[ClusformerNet], dict[str, float]]
 
@@ -204,8 +202,7 @@ def calibrate_pair_norm(
 def training_identity(config: ClusformerConfig, feature_dim: int, features: np.ndarray, labels: np.ndarray) -> dict:
     """What a training checkpoint must match to be resumed: the settings training reads, the feature
     dimension and the labelled data."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in INFERENCE_FIELDS}
-    return {"settings": settings, "feature_dim": feature_dim, "data": data_fingerprint(features, labels)}
+    return {"settings": training_settings(config), "feature_dim": feature_dim, "data": data_fingerprint(features, labels)}
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
 from semiface.errors import ConfigError, reject_unknown
+from semiface.training.settings import after_training
 
 VARIANTS = ("full", "only_re", "only_lp")
 EDGE_EMBEDDINGS = ("concat", "concat_product")
@@ -52,30 +53,30 @@ class FaceTConfig:
     # Where tau is tuned: "heldout" = links between held-out identities only (scored in the context
     # of the whole labelled set); "all" = the whole labelled set, trained identities included (their
     # links score higher than unseen people's, which pulls tau too low for new data).
-    tune_on: str = "all"
+    tune_on: str = after_training("all")
     # Rows (whole labelled identities, clustering.identities) tau is tuned on after training: the
     # same slice the baselines tune on; the flow sets it to the size of the set to be clustered.
-    tune_samples: int = TUNE_SAMPLES
+    tune_samples: int = after_training(TUNE_SAMPLES)
     # Rows each epoch is scored on (the first rows of the tune slice): epoch choice only.
     epoch_val_samples: int = EPOCH_VAL_SAMPLES
     # None: candidates from quantiles of the validation link scores, refined (clustering.thresholds)
-    tau_grid: tuple[float, ...] | None = None
+    tau_grid: tuple[float, ...] | None = after_training(None)
     seed: int = 0
     # clustering
-    partition: str = "union_find"  # union_find | infomap
+    partition: str = after_training("union_find")  # union_find | infomap
     # One weight per pair from p(q->k) and p(k->q): any = max (the paper: a link when either
     # direction passes tau), mutual = min of both, average = mean (a side not scored counts 0).
     # "average" is the default (not the paper's "any"): on generated benchmark features it gave
     # +3 to +12 points of pairwise F over "any" at the best tau of each (see the README).
-    link_rule: str = "average"
-    tau: float | None = None  # link threshold; None = the one tuned on the validation slice
-    max_cluster_size: int | None = None
-    min_cluster_size: int = 1
+    link_rule: str = after_training("average")
+    tau: float | None = after_training(None)  # link threshold; None = the one tuned on the validation slice
+    max_cluster_size: int | None = after_training(None)
+    min_cluster_size: int = after_training(1)
     # execution
-    device: str = "auto"
-    inference_batch: int = 512  # pivots per LP batch (RE batches are 8x larger)
-    memmap_bytes: int = 1 << 30  # enhanced features larger than this go to a memory map
-    work_dir: str | None = None  # checkpoints (resume) and memory maps; None = no checkpoints
+    device: str = after_training("auto")
+    inference_batch: int = after_training(512)  # pivots per LP batch (RE batches are 8x larger)
+    memmap_bytes: int = after_training(1 << 30)  # enhanced features larger than this go to a memory map
+    work_dir: str | None = after_training(None)  # checkpoints (resume) and memory maps; None = no checkpoints
 
     @property
     def model_dim(self) -> int:

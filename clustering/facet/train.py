@@ -27,14 +27,11 @@ from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
 from semiface.training.checkpoints import load_training_state, save_training_state
 from semiface.training.schedules import lr_factor
+from semiface.training.settings import training_settings
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "facet-train-v2"
-# Fields that do not change what training computes: a checkpoint may be resumed across them.
-RUNTIME_FIELDS = frozenset(
-    {"device", "inference_batch", "memmap_bytes", "work_dir", "partition", "link_rule", "tau", "tau_grid", "tune_on", "tune_samples", "max_cluster_size", "min_cluster_size"}
-)
 
 
 @dataclass
@@ -194,12 +191,10 @@ def train_model(
     return state["history"]
 
 
-def _training_fields(cfg: FaceTConfig) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
 def _identity(model, cfg: FaceTConfig, fingerprint: str) -> dict:
-    return {"settings": _training_fields(cfg), "feature_dim": model.feature_dim, "data": fingerprint}
+    return {"settings": training_settings(cfg), "feature_dim": model.feature_dim, "data": fingerprint}
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: FaceTConfig, fingerprint: str, state: dict) -> None:
