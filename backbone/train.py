@@ -20,9 +20,7 @@ run killed at any point and restarted gives the same weights as an uninterrupted
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -34,10 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from backbone.augment import SeededTransform, train_transform
 from backbone.checkpoint import (
     checkpoint_model_config,
     load_checkpoint,
@@ -46,6 +42,7 @@ from backbone.checkpoint import (
     save_checkpoint,
 )
 from backbone.distributed import gather_objects, setup_distributed
+from backbone.loader import make_loader
 from backbone.margin import MarginHead, TwoHeadMargin
 from backbone.model import FaceEmbedder, build_model
 from backbone.run_folder import (
@@ -62,7 +59,6 @@ from backbone.steps import MarginModel, learning_rate, make_optimizer, train_ste
 from backbone.train_config import TrainConfig
 from backbone.training_rows import TrainingRows, select_training_rows
 from semiface.atomic import save_json
-from semiface.cli import parse_assignment
 from semiface.devices import autocast_dtype
 from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
@@ -73,27 +69,6 @@ from semiface.training.rng import capture_rng_state, restore_rng_state
 
 class TrainingError(SemifaceError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-class _EpochSeededRows(Dataset):
-    """Training items (image, label, weight); reseeds the augmentation from (seed, epoch, index)."""
-
-    def __init__(self, images: Dataset, transform: SeededTransform, rows: TrainingRows, seed: int) -> None:
-        self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
-        self.labels = torch.from_numpy(rows.labels)
-        self.weights = torch.from_numpy(rows.weights)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.transform.reseed([self.seed, self.epoch, index])
-        image = self.images[index][0]
-        return image, self.labels[index], self.weights[index]
-
-
-# ----------------------------------------------------------------------------------------------
-# Entry point
 
 
 def train_backbone(
@@ -156,18 +131,6 @@ def _build(
     return embedder, head.to(device)
 
 
-def _make_loader(config, rows, image_root, record_file, world, per_rank_batch, device):
-    from backbone.data.dataset import ManifestImageDataset  # the data layer, imported where needed
-
-    transform = train_transform(config.image_size, config.aug_strength, config.seed)
-    images = ManifestImageDataset(rows.frame, image_root, transform=transform, record_file=record_file)
-    data = _EpochSeededRows(images, transform, rows, config.seed)
-    sampler = DistributedSampler(data, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(data, batch_size=per_rank_batch, sampler=sampler, drop_last=True,
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
-    return data, sampler, loader
-
-
 def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device, per_rank_batch, progress,
          identity):
     embedder, head = _build(config, rows, device)
@@ -182,7 +145,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
     # every rank's own random stream (dropout, Partial-FC negatives) from here on
     seed_everything(int(np.random.SeedSequence([config.seed, world.rank]).generate_state(1)[0]))
 
-    data, sampler, loader = _make_loader(config, rows, image_root, record_file, world, per_rank_batch, device)
+    data, sampler, loader = make_loader(config, rows, image_root, record_file, world, per_rank_batch, device)
     steps_per_epoch = len(loader)
     start_epoch, step, history = 0, 0, []
     checkpoint_path = run_dir / CHECKPOINT_FILE
@@ -252,36 +215,7 @@ def _model_payload(config, embedder, head, rows, epoch, step, history) -> dict[s
             "epoch": epoch, "step": step, "history": history}
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line (also the torchrun entry: ``torchrun --nproc_per_node 4 -m backbone.train ...``)
+if __name__ == "__main__":  # ``python -m backbone.train`` / ``torchrun -m backbone.train``: the command line
+    from backbone.train_cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the face embedding backbone on a manifest's labelled rows.")
-    parser.add_argument("--manifest", type=Path, required=True, help="parquet manifest (label >= 0 rows are trained)")
-    parser.add_argument("--image-root", type=Path, default=None, help="folder the manifest paths are relative to")
-    parser.add_argument("--record-file", type=Path, default=None, help="InsightFace train.rec (rec_index column)")
-    parser.add_argument("--run-dir", type=Path, required=True, help="run directory (resumed or reused when present)")
-    parser.add_argument("--config", type=Path, default=None, help="JSON file of TrainConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a TrainConfig field, e.g. --set epochs=20 --set trunk=resnet10t (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        values = json.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
-        values.update(parse_assignment(text, "--set") for text in args.set)
-        model = train_backbone(args.manifest, args.image_root, args.run_dir, TrainConfig.from_dict(values),
-                               record_file=args.record_file)
-    except (SemifaceError, OSError, json.JSONDecodeError) as exc:
-        parser.exit(2, f"error: {exc}\n")
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(model)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
-            print(f"trained by {world} processes (DDP)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,13 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
-import backbone.train as train_module
+import backbone.train_cli as train_cli
 from backbone.augment import eval_transform
 from backbone.checkpoint import load_checkpoint, load_embedder, save_checkpoint
 from backbone.data.dataset import ManifestImageDataset
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip, extract_features
+from backbone.loader import make_loader
 from backbone.model import ModelConfig, build_model
 from backbone.train import TrainingError, train_backbone
 from backbone.train_config import TrainConfig
@@ -140,7 +141,7 @@ def test_training_items_carry_their_rows_image_label_and_weight(small_manifest, 
     frame = read_manifest(small_manifest)
     rows = select_training_rows(frame.assign(weight=np.linspace(0.1, 1.0, len(frame))), small_manifest)
     config = replace(SHORT, aug_strength=0.0)
-    data, _, loader = train_module._make_loader(config, rows, demo.parent, None, Distributed(), 16,
+    data, _, loader = make_loader(config, rows, demo.parent, None, Distributed(), 16,
                                                 torch.device("cpu"))
     plain = ManifestImageDataset(frame, demo.parent, transform=eval_transform(config.image_size))
     for i in (0, 13, len(frame) - 1):
@@ -340,11 +341,11 @@ def test_command_line_trains_and_reports_bad_settings(small_manifest, demo, tmp_
     settings = ["trunk=test_resnet", "image_size=32", "embedding_dim=32", "epochs=1", "batch_size=16",
                 "num_workers=0", "device=cpu", "verbose=false", "lr_milestones=[0.5]"]
     argv = ["--manifest", str(small_manifest), "--image-root", str(demo.parent), "--run-dir", str(tmp_path / "run")]
-    assert train_module.main([*argv, *(a for s in settings for a in ("--set", s))]) == 0
+    assert train_cli.main([*argv, *(a for s in settings for a in ("--set", s))]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "run" / "model.pt")
     assert load_checkpoint(tmp_path / "run" / "model.pt")["train_config"]["lr_milestones"] == [0.5]
     with pytest.raises(SystemExit) as exit_info:
-        train_module.main([*argv, "--set", "epochz=3"])
+        train_cli.main([*argv, "--set", "epochz=3"])
     assert exit_info.value.code == 2 and "unknown parameter(s) epochz" in capsys.readouterr().err
 
 
