@@ -64,6 +64,7 @@ from semiface.errors import ConfigError, DataError, SemifaceError
 from semiface.manifest import read_manifest
 from semiface.seeding import seed_everything
 from semiface.training.checkpoints import load_training_state, save_training_state
+from semiface.training.history import epoch_line
 from semiface.training.rng import capture_rng_state, restore_rng_state
 
 
@@ -193,8 +194,8 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
             })
             save_json(run_dir / METRICS_FILE, history)
             if config.verbose:
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {summary['loss']:.4f}  lr {lr:.4g}  "
-                           f"{summary['images_per_sec']:.1f} img/s  {seconds:.1f}s", file=sys.stderr)
+                shown = {k: summary[k] for k in ("epoch", "epochs", "loss", "lr", "images_per_sec", "seconds")}
+                tqdm.write(epoch_line("backbone", shown), file=sys.stderr)
             if progress is not None:
                 progress(summary)
 

@@ -91,7 +91,10 @@ def train_clusterer_task(
         rows, feats, graph = subset(features, knn)
         labels = read_manifest(data.path("manifest"))["label"].to_numpy()[rows]
         started = time.perf_counter()
-        model.fit(feats, labels, graph)
+        if "on_epoch" in inspect.signature(model.fit).parameters:  # FaceT, Clusformer: progress per epoch
+            model.fit(feats, labels, graph, on_epoch=lambda r: progress.update(90.0 * r["epoch"] / r["epochs"]))
+        else:
+            model.fit(feats, labels, graph)
         progress.update(90.0)
         path = model.save(folder / "clusterer.pt")
         progress.update(100.0)

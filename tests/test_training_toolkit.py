@@ -73,3 +73,26 @@ def test_each_trainer_marks_what_does_not_change_training() -> None:
         assert "device" not in settings and {"epochs", "seed"} <= set(settings)
     # what training reads stays in: the epoch choice's slice, the learning rate, the architecture
     assert {"epoch_val_samples", "lr", "hop1"} <= set(training_settings(FaceTConfig()))
+
+
+def test_every_trainer_reports_each_epoch_in_one_format(caplog) -> None:
+    import logging
+
+    from clustering.base import make_method
+    from semiface.training.history import epoch_line
+
+    assert epoch_line("facet", {"epoch": 2, "epochs": 3, "loss": 0.123456, "note": "x"}) == \
+        "facet epoch 2/3: loss=0.1235, note=x"
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 5)
+    features = rng.normal(size=(12, 16))[labels] + 0.4 * rng.normal(size=(60, 16))
+    features = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+    torch.set_num_threads(1)
+    for name, params in (("facet", dict(preset="demo", hop1=6, hop2=3, heads=2, head_dim=8, ff_dim=16, epochs=2)),
+                         ("clusformer", dict(k=6, d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                             dim_feedforward=16, epochs=2))):
+        records: list[dict] = []
+        with caplog.at_level(logging.INFO):
+            make_method(name, **params, device="cpu").fit(features, labels, on_epoch=records.append)
+        assert [(r["epoch"], r["epochs"]) for r in records] == [(1, 2), (2, 2)] and "loss" in records[0]
+        assert f"{name} epoch 2/2: loss=" in caplog.text

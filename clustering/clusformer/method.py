@@ -36,6 +36,7 @@ from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 from semiface.training.checkpoints import load_model_file, save_model_file
+from semiface.training.history import EpochCallback
 
 _FORMAT = "semiface-clusformer/1"
 _DEFAULT_TAU = 0.5  # used only when there is no validation slice to tune on
@@ -104,8 +105,11 @@ class Clusformer(Clusterer):
         self.sweep_: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> Clusformer:
-        """Train on labelled features; ``knn`` (a graph of ``features``) is reused where its k suffices."""
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None, on_epoch: EpochCallback | None = None
+    ) -> Clusformer:
+        """Train on labelled features; ``knn`` (a graph of ``features``) is reused where its k suffices;
+        ``on_epoch`` gets each epoch's record."""
         check_features(features, "labelled features")
         labels = np.asarray(labels)
         if labels.shape != (features.shape[0],):
@@ -132,7 +136,7 @@ class Clusformer(Clusterer):
             model = ClusformerNet(features.shape[1], cfg).to(device)
             self.history_ = train_clusformer(
                 model, train_features, labels[train_rows], train_graph, cfg, device,
-                validate=validate, checkpoint=self.checkpoint, progress=self.progress,
+                validate=validate, checkpoint=self.checkpoint, progress=self.progress, on_epoch=on_epoch,
             )
             if tune is not None:
                 tune(model, quick=False)  # tau from the full search on the final weights

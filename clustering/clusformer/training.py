@@ -28,6 +28,7 @@ from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
 from semiface.errors import DataError
 from semiface.training.checkpoints import data_fingerprint, load_training_state, save_training_state
+from semiface.training.history import EpochCallback, end_of_epoch
 from semiface.training.schedules import lr_factor
 from semiface.training.settings import training_settings
 
@@ -67,6 +68,7 @@ def train_clusformer(
     validate: Validator | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = False,
+    on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on the sequences of every labelled centre; return the per-epoch history.
 
@@ -128,13 +130,14 @@ def train_clusformer(
             count += counted_n
         record: dict[str, float] = {
             "epoch": epoch + 1,
+            "epochs": config.epochs,
             "loss": total / max(count, 1),
             "seconds": time.perf_counter() - started,
         }
         if validate is not None:
             record.update(validate(model))
         history.append(record)
-        log.info("clusformer: %s", ", ".join(f"{key}={value:.4g}" for key, value in record.items()))
+        end_of_epoch("clusformer", record, log, on_epoch)
         if checkpoint is not None:
             save_training_state(checkpoint, CHECKPOINT_FORMAT, identity, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -27,6 +27,7 @@ from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 from semiface.seeding import seed_everything
 from semiface.training.checkpoints import data_fingerprint, load_model_file, save_model_file
+from semiface.training.history import EpochCallback
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ class FaceT(Clusterer):
         return self.tau_ if self.tau_ is not None else DEFAULT_TAU
 
     # ---- training -------------------------------------------------------------------------
-    def fit(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None) -> FaceT:
-        """Train on labelled ``features`` [N, D] / ``labels`` [N].
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None, on_epoch: EpochCallback | None = None
+    ) -> FaceT:
+        """Train on labelled ``features`` [N, D] / ``labels`` [N]; ``on_epoch`` gets each epoch's record.
 
         Identities held out by ``val_fraction`` are not trained on. After every epoch a slice of
         whole labelled identities (``epoch_val_samples`` rows, held-out identities among trained
@@ -104,7 +107,7 @@ class FaceT(Clusterer):
         checkpoint = Path(cfg.work_dir) / CHECKPOINT_NAME if cfg.work_dir else None
         self.history_ = train_model(
             self.model, cfg, data, validate=validate, checkpoint=checkpoint,
-            fingerprint=data_fingerprint(train_features, train_labels),
+            fingerprint=data_fingerprint(train_features, train_labels), on_epoch=on_epoch,
         )
         if tune is not None:
             # Tune tau on the kept (best-epoch) weights, with the full search.

@@ -26,6 +26,7 @@ from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequenc
 from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
 from semiface.training.checkpoints import load_training_state, save_training_state
+from semiface.training.history import EpochCallback, end_of_epoch
 from semiface.training.schedules import lr_factor
 from semiface.training.settings import training_settings
 
@@ -125,6 +126,7 @@ def train_model(
     validate: Callable[[FaceTModel], dict] | None = None,
     checkpoint: Path | None = None,
     fingerprint: str = "",
+    on_epoch: EpochCallback | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for ``cfg.epochs``; returns one history row per epoch.
 
@@ -173,7 +175,7 @@ def train_model(
             scheduler.step()
             state["step"] += 1
             losses.append(loss.item())
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+        row = {"epoch": epoch + 1, "epochs": cfg.epochs, "loss": float(np.mean(losses)) if losses else float("nan"),
                "train_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0]}
         if validate is not None:
             row.update(validate(model))
@@ -183,7 +185,7 @@ def train_model(
                 state["best_state"] = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        log.info("facet epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in row.items()})
+        end_of_epoch("facet", row, log, on_epoch)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, fingerprint, state)
     if state["best_state"] is not None:
