@@ -16,18 +16,16 @@ sees one (the table's device column says which).
 from __future__ import annotations
 
 import argparse
-import gc
 import multiprocessing
 import os
 import platform
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from bench.measure import PeakRss
+from bench.measure import run_measured
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster_scaling.json"
 METRICS_N = 5_000_000
@@ -90,11 +88,7 @@ def run_case(stage: str, folder: str, k: int) -> dict:
             return evaluate_partition(gt, pred)
     else:
         raise ValueError(stage)
-    gc.collect()
-    with PeakRss() as rss:
-        started = time.perf_counter()
-        result = work()
-        seconds = time.perf_counter() - started
+    result, seconds, peak_mb = run_measured(work)
     if stage in ("knn_exact", "knn_ivf"):
         result.save(folder_path / f"{stage}.npz")
         if stage == "knn_ivf" and (folder_path / "knn_exact.npz").is_file():
@@ -104,7 +98,7 @@ def run_case(stage: str, folder: str, k: int) -> dict:
         gt = np.load(folder_path / "labels.npy")
         scores = evaluate_partition(gt, result)
         extra.update(pairwise_f=round(scores["pairwise_f"], 4), bcubed_f=round(scores["bcubed_f"], 4))
-    return {"seconds": seconds, "peak_mb": (rss.peak - rss.start) / 2**20, **extra}
+    return {"seconds": seconds, "peak_mb": peak_mb, **extra}
 
 
 def _recall(exact: np.ndarray, approx: np.ndarray) -> float:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 class PeakRss:
@@ -42,3 +48,13 @@ def machine_info() -> dict[str, object]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def run_measured(work: Callable[[], T]) -> tuple[T, float, float]:
+    """``work()`` after a garbage collection: (its result, seconds, peak MB of resident memory over the start)."""
+    gc.collect()
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - started
+    return result, seconds, (rss.peak - rss.start) / 2**20

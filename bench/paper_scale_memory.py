@@ -25,18 +25,16 @@ Prints a table and writes bench/results/paper_scale_memory.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import multiprocessing
 import os
 import platform
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from bench.measure import PeakRss
+from bench.measure import run_measured
 
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_scale_memory.json"
 CASES = ("neighbourhood", "facet", "clusformer")
@@ -87,17 +85,13 @@ def run_case(case: str, data: str, models: str) -> dict:
             return method.fit_predict(features, None)
     else:
         raise ValueError(case)
-    gc.collect()
-    with PeakRss() as rss:
-        started = time.perf_counter()
-        result = work()
-        seconds = time.perf_counter() - started
+    result, seconds, peak_mb = run_measured(work)
     if case in ("facet", "clusformer"):
         from clustering.metrics import evaluate_partition
 
         scores = evaluate_partition(np.load(Path(data) / "labels.npy"), result)
         extra = {"pairwise_f": round(scores["pairwise_f"], 3), "clusters": int(len(np.unique(result)))}
-    return {"seconds": seconds, "peak_mb": (rss.peak - rss.start) / 2**20, **extra}
+    return {"seconds": seconds, "peak_mb": peak_mb, **extra}
 
 
 def extrapolate(points: list[tuple[int, float]], n: int) -> float | None:
