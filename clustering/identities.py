@@ -5,7 +5,8 @@
   threshold is tuned on. Every method (baselines, FaceT, Clusformer) takes it with the same
   ``tune_samples`` and seed, so all of them tune on the very same rows; slices of one seed are
   nested (a smaller one is a prefix of a larger one).
-* ``validation_slice``: an identity slice that holds at least one held-out identity.
+* ``validation_slice``: an identity slice that holds at least one held-out identity;
+  ``tuning_slices``: the tune and epoch slices of a learned method.
 """
 
 from __future__ import annotations
@@ -53,3 +54,16 @@ def validation_slice(labels: np.ndarray, heldout: np.ndarray, max_samples: int, 
         return rows
     first = labels[np.flatnonzero(heldout)[0]]
     return np.union1d(rows, np.flatnonzero(labels == first))
+
+
+def tuning_slices(
+    labels: np.ndarray, val_rows: np.ndarray, tune_samples: int, epoch_val_samples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(held-out mask of ``val_rows``, rows tau is tuned on, rows each epoch is scored on): both
+    ``validation_slice``s, the epoch one nested in the tune one; None for the epoch rows when they
+    are the tune rows."""
+    heldout = np.zeros(len(labels), dtype=bool)
+    heldout[val_rows] = True
+    tune_rows = validation_slice(labels, heldout, tune_samples, seed)
+    epoch_rows = validation_slice(labels, heldout, min(epoch_val_samples, tune_samples), seed)
+    return heldout, tune_rows, None if len(epoch_rows) == len(tune_rows) else epoch_rows

@@ -23,25 +23,18 @@ from flows.demo import DEMO_PARAMETERS, prepare_local_run, print_outcome
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 # LFW: most identities have one image; a third of them labelled, the pool to cluster a little more.
 SPLITS = {"labelled": 0.3, "unlabelled": 0.4, "probe": 0.1, "distractor": 0.2}
+# The demo's settings, but for the real-face folder and the FaceT clusterer.
 REAL_PARAMETERS: dict[str, Any] = {
+    **DEMO_PARAMETERS,
     "ratios": [1.0],
     "data_source": "folder",
     "data_options": SPLITS,
     "method": "facet",
     "method_params": {"preset": "demo", "hop1": 20, "epochs": 6, "partition": "infomap"},
     "backbone": "resnet10t",
-    "image_size": 48,
     "epochs": 12,
-    "train_options": DEMO_PARAMETERS["train_options"],
-    "retrain_from": "first_model",
     "retrain_options": {"epochs": 6},
-    "k": 31,
     "distractor_sizes": [10, 100, 1000],
-    "extract_batch_size": 128,
-    "device": "cpu",
-    "num_workers": 0,
-    "max_parallel": 1,
-    "seed": 0,
 }
 
 

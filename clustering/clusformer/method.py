@@ -28,7 +28,7 @@ from clustering.base import Clusterer, register
 from clustering.clusformer.config import ClusformerConfig
 from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
-from clustering.identities import split_by_identity, validation_slice
+from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
@@ -123,13 +123,10 @@ class Clusformer(Clusterer):
         train_features = features[train_rows]
         validate = tune = None
         if len(val_rows):
-            heldout = np.zeros(len(labels), dtype=bool)
-            heldout[val_rows] = True
-            tune_rows = validation_slice(labels, heldout, cfg.tune_samples, cfg.seed)
-            epoch_rows = validation_slice(labels, heldout, min(cfg.epoch_val_samples, cfg.tune_samples), cfg.seed)
+            heldout, tune_rows, epoch_rows = tuning_slices(labels, val_rows, cfg.tune_samples, cfg.epoch_val_samples,
+                                                           cfg.seed)
             tune = self._validator(features, labels, heldout, tune_rows, knn, device)
-            validate = tune if len(epoch_rows) == len(tune_rows) else self._validator(
-                features, labels, heldout, epoch_rows, knn, device)
+            validate = tune if epoch_rows is None else self._validator(features, labels, heldout, epoch_rows, knn, device)
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)

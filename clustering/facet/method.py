@@ -17,7 +17,7 @@ from clustering.facet.infer import link_probabilities
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
-from clustering.identities import split_by_identity, validation_slice
+from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
@@ -91,13 +91,10 @@ class FaceT(Clusterer):
         self.model = FaceTModel(features.shape[1], cfg).to(device)
         validate = tune = None
         if len(val_rows):
-            heldout = np.zeros(len(labels), dtype=bool)
-            heldout[val_rows] = True
-            tune_rows = validation_slice(labels, heldout, cfg.tune_samples, cfg.seed)
-            epoch_rows = validation_slice(labels, heldout, min(cfg.epoch_val_samples, cfg.tune_samples), cfg.seed)
+            heldout, tune_rows, epoch_rows = tuning_slices(labels, val_rows, cfg.tune_samples, cfg.epoch_val_samples,
+                                                           cfg.seed)
             tune = self._validator(features, labels, heldout, tune_rows, knn, device)
-            validate = tune if len(epoch_rows) == len(tune_rows) else self._validator(
-                features, labels, heldout, epoch_rows, knn, device)
+            validate = tune if epoch_rows is None else self._validator(features, labels, heldout, epoch_rows, knn, device)
         data = TrainData(
             features=torch.as_tensor(train_features).to(device),
             labels=torch.as_tensor(train_labels).to(device),
