@@ -1,4 +1,10 @@
-"""CLI: ``python -m recognition_eval --features F --manifest M --out DIR``; prints the summary as JSON."""
+"""CLI: ``python -m recognition_eval --features F --manifest M --out DIR``; prints the summary as JSON.
+
+MegaFace Challenge 1 features (FaceScrub probes, MegaFace distractors) computed elsewhere:
+``--probe-list facescrub_features_list.json --probe-features P --distractor-list
+megaface_features_list.json_1000000_1 --distractor-features D`` (P, D: a .npy in list order, or the
+devkit's folder of per-image feature files with ``--feature-suffix _name.bin``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import sys
 from pathlib import Path
 
 from recognition_eval.identification import DEFAULT_MAX_RANK, DEFAULT_SIZES
+from recognition_eval.megaface import evaluate_megaface_features
 from recognition_eval.report import evaluate
 from recognition_eval.scan import DEFAULT_MAX_BYTES
 from semiface.errors import SemifaceError
@@ -25,10 +32,14 @@ def parse_size(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recognition_eval", description=__doc__)
-    parser.add_argument("--features", type=Path, required=True, help="features .npy (rows in manifest order)")
-    parser.add_argument(
-        "--manifest", type=Path, required=True, help="parquet manifest with probe/distractor rows"
-    )
+    parser.add_argument("--features", type=Path, help="features .npy (rows in manifest order)")
+    parser.add_argument("--manifest", type=Path, help="parquet manifest with probe/distractor rows")
+    megaface = parser.add_argument_group("MegaFace Challenge 1 features (instead of --features/--manifest)")
+    megaface.add_argument("--probe-list", type=Path, help="FaceScrub list: devkit JSON (path, id) or path<TAB>id lines")
+    megaface.add_argument("--probe-features", type=Path, help=".npy in list order, or a devkit feature folder")
+    megaface.add_argument("--distractor-list", type=Path, help="distractor list: devkit JSON (path) or a path a line")
+    megaface.add_argument("--distractor-features", type=Path, help=".npy in list order, or a devkit feature folder")
+    megaface.add_argument("--feature-suffix", default="", help="devkit feature file suffix, e.g. _arcface.bin")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES), help="e.g. 10 100 1K 1M"
@@ -41,23 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train-identities", type=Path, help="text file, one training identity name a line")
     args = parser.parse_args(argv)
+    lists = (args.probe_list, args.probe_features, args.distractor_list, args.distractor_features)
+    if not ((args.features and args.manifest) or all(lists)) or (args.features or args.manifest) and any(lists):
+        parser.error("give --features and --manifest, or the four MegaFace options --probe-list, --probe-features, "
+                     "--distractor-list and --distractor-features")
     train = None
     try:
         if args.train_identities is not None:
             train = [line.strip() for line in args.train_identities.read_text(encoding="utf-8").splitlines()]
             train = [name for name in train if name]
-        summary = evaluate(
-            args.features,
-            args.manifest,
-            args.out,
-            sizes=args.sizes,
-            seed=args.seed,
-            device=args.device,
-            train_identities=train,
-            max_rank=args.max_rank,
-            max_bytes=args.max_mib * 2**20,
-            progress=True,
-        )
+        options = {"sizes": args.sizes, "seed": args.seed, "device": args.device, "train_identities": train,
+                   "max_rank": args.max_rank, "max_bytes": args.max_mib * 2**20, "progress": True}
+        if args.features:
+            summary = evaluate(args.features, args.manifest, args.out, **options)
+        else:
+            summary = evaluate_megaface_features(*lists, args.out, suffix=args.feature_suffix, **options)
     except (SemifaceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

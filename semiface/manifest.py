@@ -20,6 +20,8 @@ LABEL_SOURCES = ("gt", "pseudo")
 REQUIRED_COLUMNS = ("label", "identity", "split")
 # Identity values that mean "not known" (compared stripped and case-folded).
 UNKNOWN_IDENTITIES = frozenset({"", "nan", "none", "<na>", "unknown", "-1"})
+# File types read as images (lower-case suffixes).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"})
 
 
 def validate_manifest(frame: pd.DataFrame, source: str | Path = "manifest") -> pd.DataFrame:

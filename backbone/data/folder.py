@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from backbone.data.images import IMAGE_EXTENSIONS, read_image
+from backbone.data.images import read_image
 from semiface.errors import DataError
-from semiface.manifest import SPLITS
+from semiface.manifest import IMAGE_EXTENSIONS, SPLITS
 
 log = logging.getLogger(__name__)
 

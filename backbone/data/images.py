@@ -15,8 +15,6 @@ from PIL import Image, UnidentifiedImageError
 
 from semiface.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"})
-
 
 def decode_image(data: bytes, source: str | Path) -> np.ndarray:
     """Decode encoded image bytes to RGB uint8 [H, W, 3]; DataError naming ``source`` when damaged."""
