@@ -9,6 +9,7 @@ or with exact torch search on CUDA when no working GPU faiss is installed
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def build_knn(
     nlist: int | None = None,
     chunk_size: int = 65_536,
     device: str = "auto",
+    progress: Callable[[float], None] | None = None,
 ) -> KnnGraph:
     """Cosine kNN graph (``k`` neighbours including the query itself) of ``features`` [N, D].
 
@@ -108,7 +110,8 @@ def build_knn(
 
     Rows are sorted by decreasing similarity; column 0 is always the query itself with similarity
     1.0 (an exact duplicate that ties with it comes second); similarities are clipped to [-1, 1].
-    Raises DataError for NaN/inf or zero-norm rows and for k > N.
+    Raises DataError for NaN/inf or zero-norm rows and for k > N. ``progress`` is told the percentage
+    of queries searched after each chunk.
     """
     check_features(features, "features")
     n, dim = features.shape
@@ -120,7 +123,7 @@ def build_knn(
         raise ConfigError(f"build_knn: chunk_size must be >= 1, got {chunk_size}")
     backend = knn_backend(device)
     if backend == "torch-cuda":
-        nbrs, sims = torch_exact_knn(features, k, _cuda_device(device))
+        nbrs, sims = torch_exact_knn(features, k, _cuda_device(device), progress=progress)
         nbrs, sims = _put_self_first(nbrs, sims, np.arange(n))
         return KnnGraph(nbrs=nbrs, sims=sims)
     faiss = import_faiss()
@@ -140,6 +143,8 @@ def build_knn(
             _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs, max_nprobe)
         stop = start + len(queries)
         nbrs[start:stop], sims[start:stop] = _put_self_first(chunk_nbrs, chunk_sims, np.arange(start, stop))
+        if progress is not None:
+            progress(100.0 * stop / n)
     return KnnGraph(nbrs=nbrs, sims=sims)
 
 

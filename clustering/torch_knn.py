@@ -8,6 +8,8 @@ top-k merge across base blocks, which keeps memory at ``query_chunk x base_chunk
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -22,13 +24,15 @@ def torch_exact_knn(
     query_chunk: int = 8192,
     base_chunk: int = 262_144,
     dtype: torch.dtype = torch.float32,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(neighbour ids int64 [N, k], cosine similarities float32 [N, k]) by decreasing similarity.
 
     ``features`` rows are L2-normalised chunk by chunk (the input, possibly a memory map, is not
     modified). The base is held on ``device`` in ``dtype`` (N*D*2 bytes in bf16); scores are
     compared in float32. Peak device memory beyond the base: ``query_chunk * (base_chunk + 2k)``
-    floats (8 GiB for the defaults; lower ``base_chunk`` on smaller cards).
+    floats (8 GiB for the defaults; lower ``base_chunk`` on smaller cards). ``progress`` is told the
+    percentage of queries done after each query chunk.
     """
     n = len(features)
     base = torch.cat([
@@ -52,4 +56,6 @@ def torch_exact_knn(
         stop = start + len(queries)
         nbrs[start:stop] = best_ids.cpu().numpy()
         sims[start:stop] = best_sims.cpu().numpy()
+        if progress is not None:
+            progress(100.0 * stop / n)
     return nbrs, sims

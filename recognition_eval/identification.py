@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from recognition_eval.inputs import ProbeSet, check_distractors, prepare_probes, warn_renormalised
-from recognition_eval.scan import DEFAULT_MAX_BYTES, Scores, score_probes
+from recognition_eval.scan import DEFAULT_MAX_BYTES, ProgressReport, Scores, score_probes
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError
 
@@ -157,7 +157,7 @@ def identification_cmc(
     seed: int = 0,
     device: str = "auto",
     max_bytes: int = DEFAULT_MAX_BYTES,
-    progress: bool = False,
+    progress: ProgressReport = False,
 ) -> IdentificationResult:
     """MegaFace identification: rank-1..max_rank per distractor-set size (see the module docstring).
 

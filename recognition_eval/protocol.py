@@ -18,7 +18,7 @@ from recognition_eval.identification import (
     used_sizes,
 )
 from recognition_eval.inputs import ProbeSet, check_distractors, prepare_probes, warn_renormalised
-from recognition_eval.scan import DEFAULT_MAX_BYTES, score_probes
+from recognition_eval.scan import DEFAULT_MAX_BYTES, ProgressReport, score_probes
 from recognition_eval.verification import DEFAULT_FARS, VerificationResult, build_verification
 from semiface.devices import resolve_device
 
@@ -45,7 +45,7 @@ def run_protocol(
     max_bytes: int = DEFAULT_MAX_BYTES,
     probe_name: str | Path = "probe features",
     distractor_name: str | Path = "distractor features",
-    progress: bool = False,
+    progress: ProgressReport = False,
 ) -> ProtocolResult:
     """Identification (rank-1/CMC per size) and verification (negatives from the largest size).
 

@@ -22,7 +22,7 @@ from recognition_eval.inputs import EvaluationWarning
 from recognition_eval.overlap import DEFAULT_CENTROID_THRESHOLD, OverlapReport, check_identity_overlap
 from recognition_eval.plots import plot_cmc, plot_comparison, plot_rank1_vs_distractors, plot_roc, size_label
 from recognition_eval.protocol import ProtocolResult, run_protocol
-from recognition_eval.scan import DEFAULT_MAX_BYTES
+from recognition_eval.scan import DEFAULT_MAX_BYTES, ProgressReport
 from recognition_eval.verification import DEFAULT_FARS, VerificationResult
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import DataError
@@ -48,7 +48,7 @@ def evaluate(
     fars: Sequence[float] = DEFAULT_FARS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     overlap_threshold: float = DEFAULT_CENTROID_THRESHOLD,
-    progress: bool = False,
+    progress: ProgressReport = False,
 ) -> dict[str, Any]:
     """MegaFace-style evaluation of the ``probe`` rows against the ``distractor`` rows of a manifest.
 

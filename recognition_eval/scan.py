@@ -10,7 +10,7 @@ probe-pair histograms. Nothing larger than a [probes x chunk] score block is eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,10 @@ class Scores:
     n_renormalised_distractors: int
 
 
+# Progress of a scan: a tqdm bar on stderr (True), none (False), or a callback given the percent done.
+ProgressReport = bool | Callable[[float], None]
+
+
 def columns_per_chunk(n_probes: int, dim: int, max_bytes: int) -> int:
     """Distractors per block: a float32 score and an int32 bin index per probe, the block itself twice."""
     return max(1, max_bytes // (8 * n_probes + 8 * dim))
@@ -56,7 +60,7 @@ def score_probes(
     device: torch.device,
     max_bytes: int = DEFAULT_MAX_BYTES,
     distractor_source: str | Path = "distractor features",
-    progress: bool = False,
+    progress: ProgressReport = False,
 ) -> Scores:
     """Run both passes. ``order``: rows of ``distractors`` in scan order; ``sizes``: ascending prefixes."""
     probe_t = torch.from_numpy(probes.features).to(device)
@@ -118,7 +122,7 @@ def _scan_distractors(
     negatives: ScoreHistogram | None,
     max_bytes: int,
     source: str | Path,
-    progress: bool,
+    progress: ProgressReport,
 ) -> tuple[list[np.ndarray], int]:
     """Top-k distractor scores per probe at each size boundary; histogram of all scores if asked."""
     n_probes, dim = probes.shape
@@ -127,7 +131,8 @@ def _scan_distractors(
     snapshots: list[np.ndarray] = []
     n_off = 0
     start = 0
-    with tqdm(total=sizes[-1], unit="distractor", disable=not progress, desc="scoring distractors") as bar:
+    report = progress if callable(progress) else None
+    with tqdm(total=sizes[-1], unit="distractor", disable=progress is not True, desc="scoring distractors") as bar:
         for size in sizes:
             while start < size:  # blocks never straddle a size boundary
                 stop = min(start + chunk, size)
@@ -142,6 +147,8 @@ def _scan_distractors(
                 if negatives is not None:
                     negatives.add_(scores)
                 bar.update(stop - start)
+                if report is not None:
+                    report(100.0 * stop / sizes[-1])
                 start = stop
             snapshots.append(running.cpu().numpy().copy())
     return snapshots, n_off

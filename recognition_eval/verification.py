@@ -19,7 +19,7 @@ import numpy as np
 from recognition_eval.histogram import ScoreHistogram
 from recognition_eval.identification import distractor_order, used_sizes
 from recognition_eval.inputs import check_distractors, prepare_probes, warn_renormalised
-from recognition_eval.scan import DEFAULT_MAX_BYTES, Scores, score_probes
+from recognition_eval.scan import DEFAULT_MAX_BYTES, ProgressReport, Scores, score_probes
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 
@@ -132,7 +132,7 @@ def verification_tar(
     seed: int = 0,
     device: str = "auto",
     max_bytes: int = DEFAULT_MAX_BYTES,
-    progress: bool = False,
+    progress: ProgressReport = False,
 ) -> VerificationResult:
     """TAR at FAR over probe pairs and probe x distractor pairs (see the module docstring).
 

@@ -14,7 +14,7 @@ from semiface.atomic import save_npy
 from semiface.features import load_features
 from semiface.manifest import read_manifest
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute, summary_rows
+from tasks.common import Progress, StageContext, execute, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 SUBSETS = ("labelled", "unlabelled")
@@ -62,7 +62,8 @@ def build_knn_task(
                     ratio, sample.requested, sample.available, sample.effective_ratio)
         feats = np.asarray(load_features(features.path("features"))[rows], dtype=np.float32)
         k_used = min(k, len(rows))
-        graph = build_knn(feats, k_used, device=ctx.device)
+        progress = Progress(ctx, f"knn-{subset}", f"kNN search over {len(rows)} {subset} rows")
+        graph = build_knn(feats, k_used, device=ctx.device, progress=progress.update)
         graph.save(folder / "knn.npz")
         save_npy(folder / "rows.npy", rows.astype(np.int64))
         summary.update({

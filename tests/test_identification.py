@@ -102,6 +102,11 @@ def test_matches_brute_force_reference_in_small_chunks():
     np.testing.assert_array_equal(whole.cmc, chunked.cmc)
     # nested sets: more distractors can only lower every rank-r rate
     assert (np.diff(chunked.cmc, axis=0) <= 0).all()
+    seen: list[float] = []  # a callback (the flow's progress artifact) is told the share scanned per block
+    reported = identification_cmc(probes, ids, distractors, sizes=sizes, seed=seed, max_rank=max_rank, device="cpu",
+                                  max_bytes=20_000, progress=seen.append)
+    np.testing.assert_array_equal(reported.cmc, chunked.cmc)
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 100.0
 
 
 def test_distractor_subsets_are_nested_seeded_and_capped():

@@ -103,3 +103,11 @@ def test_edges_exclude_self_and_apply_floor() -> None:
 def test_bad_input_is_refused(features: np.ndarray, k: int, message: str) -> None:
     with pytest.raises(DataError, match=message):
         build_knn(features, k, device="cpu")
+
+
+def test_progress_is_told_after_each_query_chunk() -> None:
+    features = _clustered_points(50, 8, 5, seed=2)
+    seen: list[float] = []
+    graph = build_knn(features, 5, chunk_size=16, device="cpu", progress=seen.append)
+    assert seen == pytest.approx([32.0, 64.0, 96.0, 100.0])  # 16, 32, 48 and 50 of 50 queries
+    np.testing.assert_array_equal(graph.nbrs, build_knn(features, 5, device="cpu").nbrs)
