@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from semiface.atomic import save_json
-from semiface.errors import ConfigError
+from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
@@ -34,8 +34,9 @@ from tasks.embed_dlib import embed_dlib_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_features import extract_features_task
 from tasks.merge_pseudo_labels import merge_pseudo_labels_task
-from tasks.prepare_data import check_inputs, data_options_for
+from tasks.prepare_data import check_inputs, data_options_for, with_current_inputs
 from tasks.prepare_data import prepare_data as prepare_data_task
+from tasks.prepare_eval import eval_set_inputs, prepare_eval_task, with_image_links
 from tasks.retrain import retrain_task
 from tasks.stage_cache import StageResult
 from tasks.train_backbone import LAUNCH_OPTIONS, TASK_OWNED, train_backbone_task
@@ -46,8 +47,8 @@ LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
 ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
 # The cached stages, by the names ``refresh`` takes (their folders under <run_dir>/stages carry them too).
-STAGES = ("prepare_data", "train_backbone", "extract_features", "embed_dlib", "evaluate", "build_knn",
-          "train_clusterer", "cluster", "merge_pseudo_labels", "retrain")
+STAGES = ("prepare_data", "prepare_eval", "train_backbone", "extract_features", "embed_dlib", "evaluate",
+          "build_knn", "train_clusterer", "cluster", "merge_pseudo_labels", "retrain")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 # The Prefect Variable an empty ``data_path`` is read from, per source, when the run starts (not when
 # a deployment is created): `prefect variable set ms1m_path /data/faces_emore`.
@@ -112,6 +113,20 @@ def validate_parameters(
         raise ConfigError("labels='labelled_only' needs images to train on; data_source='features' has none")
 
 
+def validate_eval_set(data_source: str, data_options: dict[str, Any], eval_set: dict[str, Any] | None) -> None:
+    """An evaluation set needs images to extract; without one the source must hold probes and distractors."""
+    if eval_set is None:
+        if data_source in ("folder", "recordio") and not data_options_for(data_source, data_options)["probe"]:
+            raise ConfigError(f"data_options ({data_source}): probe and distractor shares are 0 and no eval_set is "
+                              "given: there is nothing to evaluate on")
+        return
+    if data_source == "features":
+        raise ConfigError("eval_set: data_source='features' has no backbone to extract the evaluation images with")
+    for name, path in eval_set_inputs(eval_set).items():
+        if not path.exists():
+            raise DataError(path, f"eval_set.{name}: not found")
+
+
 @flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True)
 def semi_supervised(
     data_source: DataSource = "demo",
@@ -133,6 +148,7 @@ def semi_supervised(
     min_cluster_size: int = 2,
     min_confidence: float = 0.0,
     distractor_sizes: list[int] | None = None,
+    eval_set: dict[str, str] | None = None,
     extract_batch_size: int = 256,
     device: str = "auto",
     num_workers: int = 4,
@@ -151,6 +167,10 @@ def semi_supervised(
     ``dlib``'s pretrained face descriptors (optional extra ``reference``; image sources only), for when
     the first backbone is too weak to cluster with. The retrained model is the project's backbone either way.
     ``refresh``: stages to recompute although cached (e.g. ``["evaluate"]``; see ``STAGES``).
+    ``eval_set``: evaluate on the MegaFace Challenge 1 layout instead of the source's probe / distractor
+    split: ``{"probes": FaceScrub folder (<identity>/<image>) or devkit list, "distractors": MegaFace
+    folder or list, "probe_root" / "distractor_root": the folders a list's paths are under}``. The
+    folder / recordio sources then default to probe and distractor shares of 0.
     ``clusterer_holdout``: a share of the labelled identities kept out of the first backbone's
     training and used alone to fit the clusterer, so that its thresholds are tuned on people the
     backbone has not seen (as the unlabelled ones); the retraining, and then the lower bound, which
@@ -166,6 +186,9 @@ def semi_supervised(
     if data_source == "demo":
         data_options.setdefault("image_size", image_size)
         data_options.setdefault("seed", seed)
+    if eval_set and data_source in ("folder", "recordio"):
+        data_options.setdefault("probe", 0.0)
+        data_options.setdefault("distractor", 0.0)
     method_params = dict(method_params or {})
     sizes = [int(s) for s in (distractor_sizes or DEFAULT_SIZES)]
     has_images = data_source != "features"
@@ -178,6 +201,7 @@ def semi_supervised(
     data_path = runtime_data_path(data_source, data_path)
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
+    validate_eval_set(data_source, data_options, eval_set)
     if not 0.0 <= clusterer_holdout < 1.0:
         raise ConfigError(f"clusterer_holdout: a share of the labelled identities in [0, 1), got {clusterer_holdout}")
     if clusterer_holdout and not has_images:
@@ -195,12 +219,23 @@ def semi_supervised(
     logger.info("run %s: %s data, method %s, r_U/L=%g, labels=%s, stages cached in %s",
                 label, data_source, method, ratio, labels, ctx.cache_root)
 
-    data = result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed)
+    data = with_current_inputs(result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed),
+                               data_source, data_path, data_options)
+    eval_data = with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set) if eval_set else None
+
+    def evaluation(model: StageResult, name: str, model_features: StageResult | None = None) -> StageResult:
+        """Identification with ``model`` on the source's split (its features given or extracted) or on eval_set."""
+        if eval_data is None:
+            model_features = model_features or result_of(extract_features_task, ctx, data, model, extract_batch_size)
+            return result_of(evaluate_task, ctx, data, model_features, name, sizes, seed)
+        eval_features = result_of(extract_features_task, ctx, eval_data, model, extract_batch_size)
+        return result_of(evaluate_task, ctx, eval_data, eval_features, name, sizes, seed, data)
+
     first_model = features = first_eval = None
     if has_images:
         first_model = result_of(train_backbone_task, ctx, data, train, clusterer_holdout, seed)
         features = result_of(extract_features_task, ctx, data, first_model, extract_batch_size)
-        first_eval = result_of(evaluate_task, ctx, data, features, "first-model", sizes, seed)
+        first_eval = evaluation(first_model, "first-model", features)
     else:
         features = data  # the features source carries its own features.npy
 
@@ -229,8 +264,7 @@ def semi_supervised(
     if has_images and (labels != "labelled_only" or clusterer_holdout or retrain_from == "first_model"):
         init = first_model if retrain_from == "first_model" else None
         retrained = result_of(retrain_task, ctx, data, merged, retrain, init)
-        new_features = result_of(extract_features_task, ctx, data, retrained, extract_batch_size)
-        final_eval = result_of(evaluate_task, ctx, data, new_features, "retrained", sizes, seed)
+        final_eval = evaluation(retrained, "retrained")
 
     summary = run_summary(label, ratio, labels, method, data, sample, clusters, merged, first_eval, final_eval)
     publish_verdict(ctx, summary)

@@ -10,7 +10,7 @@ from prefect import task
 
 from recognition_eval.identification import DEFAULT_SIZES
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute, png_markdown
+from tasks.common import Progress, StageContext, execute, png_markdown
 from tasks.stage_cache import StageResult, StageSpec
 
 PLOTS = {"rank1_plot": "rank1_vs_distractors.png", "cmc_plot": "cmc.png", "roc_plot": "roc.png"}
@@ -25,19 +25,29 @@ def evaluate_task(
     model_name: str,
     sizes: Sequence[int] = DEFAULT_SIZES,
     seed: int = 0,
+    train_data: StageResult | None = None,
 ) -> StageResult:
     """Rank-1 (CMC) at each distractor-set size and TAR at FAR of ``features``' probe rows.
 
     ``model_name`` ("first model", "retrained") only labels the dashboard; it is not part of the key.
+    ``train_data``: the training manifest when ``data`` is a separate evaluation set (its identities
+    feed the overlap guard).
     """
-    from recognition_eval.report import evaluate
+    from recognition_eval.report import TRAIN_SPLITS, evaluate
+    from semiface.manifest import read_manifest
 
-    spec = StageSpec("evaluate", {"sizes": [int(s) for s in sizes], "seed": seed}, (data, features),
+    upstream = (data, features) if train_data is None else (data, features, train_data)
+    spec = StageSpec("evaluate", {"sizes": [int(s) for s in sizes], "seed": seed}, upstream,
                      code=("recognition_eval", "semiface", "tasks/evaluate.py"), runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        train_identities = None
+        if train_data is not None:
+            frame = read_manifest(train_data.path("manifest"))
+            train_identities = frame.loc[frame["split"].isin(TRAIN_SPLITS), "identity"].unique().tolist()
+        progress = Progress(ctx, f"evaluate-{model_name}", f"scoring {model_name} probes against distractors")
         summary = evaluate(features.path("features"), data.path("manifest"), folder, sizes=sizes, seed=seed,
-                           device=ctx.device)
+                           device=ctx.device, train_identities=train_identities, progress=progress.update)
         outputs = {"results": folder / "results.json", "identification": folder / "identification.parquet",
                    "verification": folder / "verification.parquet"}
         outputs.update({name: folder / file for name, file in PLOTS.items()})

@@ -7,7 +7,7 @@ no images, so no backbone stages).
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ SOURCES = ("demo", "folder", "recordio", "features")
 # dim None: each part's dimension is read from its .bin size and its .meta's label count.
 FEATURE_OPTIONS = {"labelled_part": "part0_train", "unlabelled_part": "part1_test", "dim": None}
 # folder / RecordIO sources hold labelled identities only: they are split by identity into the four
-# roles (shares of the identities; probe identities need >= 2 images). "verify" decodes every image
+# roles (shares of the identities; probe identities need >= 2 images; probe and distractor 0 when the
+# flow's eval_set evaluates on a MegaFace-layout set instead). "verify" decodes every image
 # of a folder once (corrupt files are named); "max_identities" keeps a random subset (for trials).
 SPLIT_OPTIONS = {"labelled": 0.1, "unlabelled": 0.7, "probe": 0.1, "distractor": 0.1, "max_identities": None,
                  "verify": True}
@@ -50,9 +51,10 @@ def data_options_for(source: str, options: dict[str, Any]) -> dict[str, Any]:
         merged = {**SPLIT_OPTIONS, **options}
         shares = [merged[s] for s in SPLITS]
         if any(not isinstance(v, int | float) or v < 0 for v in shares) or merged["labelled"] <= 0 \
-                or merged["probe"] <= 0 or merged["distractor"] <= 0:
+                or (merged["probe"] > 0) != (merged["distractor"] > 0):
             raise ConfigError(f"data_options ({source}): split shares {dict(zip(SPLITS, shares, strict=True))} "
-                              "must be >= 0, with labelled, probe and distractor > 0")
+                              "must be >= 0, with labelled > 0 and probe and distractor both > 0 (or both 0 when "
+                              "eval_set evaluates on another data set)")
         return merged
     raise ConfigError(f"data_source: {source!r} is not one of {list(SOURCES)}")
 
@@ -110,6 +112,18 @@ def prepare_data(ctx: StageContext, source: str, data_path: str | None, options:
         return _prepare_split(folder, frame, options, seed, image_root=None, record=Path(external["record"]))
 
     return execute(ctx, spec, compute, _report)
+
+
+def with_current_inputs(data: StageResult, source: str, data_path: str | None, options: dict[str, Any]) -> StageResult:
+    """``data`` whose image root / record file are this run's inputs: a cached manifest is keyed on the
+    data's content, not on where it is mounted, so a moved data root must not send readers to the old one."""
+    external = required_inputs(source, data_path, data_options_for(source, options))
+    summary = dict(data.summary)
+    if source == "folder":
+        summary["image_root"] = str(external["data"])
+    elif source == "recordio":
+        summary["record_file"] = str(external["record"])
+    return replace(data, summary=summary)
 
 
 def _prepare_demo(folder: Path, options: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -173,7 +187,7 @@ def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) ->
     out["split"] = out["identity"].map(role)
     labelled = sorted(n for n, r in role.items() if r == "labelled")
     out["label"] = out["identity"].map({n: i for i, n in enumerate(labelled)}).fillna(-1).astype(np.int64)
-    missing = [s for s in ("labelled", "probe", "distractor") if not (out["split"] == s).any()]
+    missing = [s for s in ("labelled", "probe", "distractor") if wanted[s] and not (out["split"] == s).any()]
     if missing:
         raise DataError("data", f"{len(names)} identities are too few to fill the split(s) {missing} "
                                 f"with shares {[options[s] for s in SPLITS]}")

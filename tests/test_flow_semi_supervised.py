@@ -263,3 +263,62 @@ def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_serv
     second = semi_supervised(run_dir=str(run_dir), **params, return_state=True)
     assert second.result()["rank1_before_largest"] == summary["rank1_before_largest"]
     assert task_states(second.state_details.flow_run_id)["train-backbone"] == ["Cached"]
+
+
+def faces_in_the_megaface_layout(root: Path) -> tuple[Path, Path, Path]:
+    """Generated faces as folders: faces/<identity>/<image> to train on (10 people, 4 images each),
+    facescrub/<identity>/<image> probes (3 people) and a nested distractor folder (20 people, one image each)."""
+    import shutil
+
+    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+    from semiface.manifest import read_manifest
+
+    manifest = generate_demo_dataset(root / "generated", DemoConfig(
+        n_labelled_ids=10, n_unlabelled_ids=0, n_probe_ids=3, n_distractor_ids=20, images_per_id=4, image_size=32,
+        seed=5))
+    faces, probes, distractors = root / "faces", root / "facescrub", root / "megaface" / "FlickrFinal2"
+    for i, row in read_manifest(manifest).iterrows():
+        source = manifest.parent / row["path"]
+        if row["split"] == "labelled":
+            target = faces / row["identity"] / source.name
+        elif row["split"] == "probe":
+            target = probes / f"celebrity-{row['identity']}" / source.name
+        else:
+            target = distractors / f"{i % 3}" / f"{row['identity']}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    shutil.rmtree(root / "generated")
+    return faces, probes, distractors
+
+
+def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_data_set(prefect_server, tmp_path):
+    """eval_set: both models are scored on FaceScrub-style probes against a distractor folder (extracted with
+    each model), and the folder source needs no probe / distractor share of its own. Moved elsewhere, the
+    data is read from its new place although the manifests come from the cache."""
+    import shutil
+
+    faces, probes, distractors = faces_in_the_megaface_layout(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    params = {**TINY, "data_source": "folder", "data_options": {"labelled": 0.6, "unlabelled": 0.4},
+              "labels": "labelled_only", "distractor_sizes": [5, 20]}
+    summary = semi_supervised(run_dir=str(run_dir), data_path=str(faces), **params,
+                              eval_set={"probes": str(probes), "distractors": str(distractors)})
+    results = json.loads(Path(summary["results_before"]).read_text())
+    assert results["inputs"]["n_probe_rows"] == 12 and results["inputs"]["n_distractor_rows"] == 20
+    assert "prepare_eval" in results["inputs"]["manifest"] and not results["notes"]  # no identity overlap
+    assert sorted(summary["rank1_before"]) == ["20", "5"] and summary["n_labelled"] == 6 * 4
+
+    moved = Path(shutil.move(str(tmp_path / "data"), str(tmp_path / "mounted-elsewhere")))
+    again = semi_supervised(
+        run_dir=str(run_dir), data_path=str(moved / "faces"), refresh=["train_backbone", "extract_features"],
+        eval_set={"probes": str(moved / "facescrub"), "distractors": str(moved / "megaface" / "FlickrFinal2")},
+        **params, return_state=True)
+    assert again.result()["rank1_before"] == summary["rank1_before"]  # the same images, read from the new place
+    states = task_states(again.state_details.flow_run_id)
+    assert states["prepare-data"] == states["prepare-eval-set"] == ["Cached"]
+    with pytest.raises(ConfigError, match="eval_set: unknown parameter"):
+        semi_supervised(run_dir=str(run_dir), data_path=str(moved / "faces"), eval_set={"probes": "p", "distractor": "x"},
+                        **params)
+    with pytest.raises(ConfigError, match="probe and distractor shares are 0 and no eval_set"):
+        semi_supervised(run_dir=str(run_dir), data_path=str(moved / "faces"), **{
+            **params, "data_options": {**params["data_options"], "probe": 0, "distractor": 0}})

@@ -1,0 +1,76 @@
+"""Stage 1b, the evaluation set in the MegaFace Challenge 1 layout (FaceScrub probes, MegaFace distractors).
+
+Given ``eval_set``, both models are evaluated on it instead of on the training source's probe /
+distractor split: its images are extracted with each model like the training manifest's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from semiface.errors import ConfigError, reject_unknown
+from semiface.manifest import write_manifest
+from semiface.markdown import markdown_table
+from tasks.common import StageContext, execute
+from tasks.stage_cache import StageResult, StageSpec
+
+# probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
+# the roots: where a list's paths are relative to (only with a list).
+EVAL_SET_KEYS = ("probes", "distractors", "probe_root", "distractor_root")
+LINK_FOLDER = "eval-images"  # under run_dir: links to the probe and distractor roots, remade every run
+
+
+def eval_set_inputs(eval_set: dict[str, Any]) -> dict[str, Path]:
+    """The files and folders ``eval_set`` names (checked: known keys, both sets given, roots for lists)."""
+    reject_unknown(eval_set, set(EVAL_SET_KEYS), "eval_set")
+    inputs = {name: Path(str(value)) for name, value in eval_set.items() if value}
+    for name in ("probes", "distractors"):
+        if name not in inputs:
+            raise ConfigError(f"eval_set: {name!r} is required (a folder or a MegaFace devkit list)")
+        root = f"{name.removesuffix('s')}_root"
+        if inputs[name].is_file() and root not in inputs:
+            raise ConfigError(f"eval_set: {name} {inputs[name]} is a list; give {root!r}, the folder its paths are under")
+    return inputs
+
+
+@task(name="prepare-eval-set", task_run_name="prepare-eval-set", tags=["stage", "data", "evaluation"],
+      retries=1, retry_delay_seconds=5)
+def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResult:
+    """The evaluation manifest (probe rows, then distractor rows); cached on the inputs' fingerprints."""
+    from recognition_eval.megaface import list_distractors, list_probes, megaface_manifest
+
+    inputs = eval_set_inputs(eval_set)
+    spec = StageSpec("prepare_eval", {}, (), {name: str(path) for name, path in inputs.items()},
+                     ("recognition_eval/megaface.py", "tasks/prepare_eval.py"))
+
+    def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        probes, _ = list_probes(inputs["probes"], inputs.get("probe_root"))
+        distractors, _ = list_distractors(inputs["distractors"], inputs.get("distractor_root"))
+        manifest = write_manifest(megaface_manifest(probes, distractors), folder / "manifest.parquet")
+        return {"manifest": manifest}, {
+            "images": {"probe": len(probes), "distractor": len(distractors)},
+            "identities": {"probe": int(probes["identity"].nunique()), "distractor": len(distractors)},
+        }
+
+    def report(result: StageResult) -> str:
+        s = result.summary
+        rows = [{"set": name, "images": s["images"][name], "identities": s["identities"][name]}
+                for name in ("probe", "distractor")]
+        return f"MegaFace-layout evaluation set: `{result.outputs['manifest']}`\n\n" + markdown_table(rows)
+
+    return execute(ctx, spec, compute, report)
+
+
+def with_image_links(ctx: StageContext, eval_data: StageResult, eval_set: dict[str, Any]) -> StageResult:
+    """``eval_data`` whose image root is a folder of links to this run's probe and distractor roots."""
+    from recognition_eval.megaface import DISTRACTORS, PROBES, link_image_roots
+
+    inputs = eval_set_inputs(eval_set)
+    roots = {PROBES: inputs["probes"] if inputs["probes"].is_dir() else inputs["probe_root"],
+             DISTRACTORS: inputs["distractors"] if inputs["distractors"].is_dir() else inputs["distractor_root"]}
+    links = link_image_roots(Path(ctx.cache_root).parent / LINK_FOLDER, roots)
+    return replace(eval_data, summary={**eval_data.summary, "image_root": str(links), "has_images": True})
