@@ -39,10 +39,10 @@ RUN_PARAMETERS = tuple(name for name in inspect.signature(semi_supervised.fn).pa
                        if name not in ("ratio", "labels", "label"))
 TABLE_COLUMNS = ("run", "r_U/L", "reached", "kept", "pseudo_classes", "purity", "pairwise_f", "bcubed_f", "nmi",
                  "rank1", "gain_vs_lower", "status")
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # how often the sweep looks for a finished run to start the next
 SWEEP_RUN_DIR = "runs/compare-ratios"
 # Stages the lower bound computes for every run of the sweep (first run, alone): a refresh of them is its own.
-SHARED_BY_LOWER_BOUND = ("prepare_data", "train_backbone")  # how often the sweep looks for a finished run to start the next
+SHARED_BY_LOWER_BOUND = ("prepare_data", "train_backbone")
 
 
 def cap_ratios(ratios: list[float], n_labelled: int, n_unlabelled: int) -> tuple[list[float], float]:

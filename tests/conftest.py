@@ -47,6 +47,35 @@ def killed_after_steps(monkeypatch):
     return killed
 
 
+@pytest.fixture
+def face_folders(tmp_path) -> tuple[Path, Path, Path]:
+    """Generated faces as folders under ``tmp_path / "data"``: faces/<identity>/<image> to train on (10
+    people, 4 images each) and, in the MegaFace Challenge 1 layout, facescrub/<identity>/<image> probes (3
+    people) and a nested distractor folder megaface/FlickrFinal2 (20 people, one image each)."""
+    import shutil
+
+    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+    from semiface.manifest import read_manifest
+
+    root = tmp_path / "data"
+    manifest = generate_demo_dataset(root / "generated", DemoConfig(
+        n_labelled_ids=10, n_unlabelled_ids=0, n_probe_ids=3, n_distractor_ids=20, images_per_id=4, image_size=32,
+        seed=5))
+    faces, probes, distractors = root / "faces", root / "facescrub", root / "megaface" / "FlickrFinal2"
+    for i, row in read_manifest(manifest).iterrows():
+        source = manifest.parent / row["path"]
+        if row["split"] == "labelled":
+            target = faces / row["identity"] / source.name
+        elif row["split"] == "probe":
+            target = probes / f"celebrity-{row['identity']}" / source.name
+        else:
+            target = distractors / f"{i % 3}" / f"{row['identity']}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    shutil.rmtree(root / "generated")
+    return faces, probes, distractors
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real face folders (lfw, yale_b, orl) beside the checkout; skips the test when absent."""

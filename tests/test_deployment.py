@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.common import FAULT_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL = "semiface"
 # The demo deployment with tiny data and the shortest route (lower bound: train, extract, evaluate).
@@ -66,8 +68,10 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture
-def prefect_env(tmp_path) -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Iterator[tuple[dict[str, str], Path]]:
+    """A Prefect server, the process pool, ``prefect deploy --all`` and a worker: (env, worker log)."""
+    tmp_path = tmp_path_factory.mktemp("prefect")
     port = free_port()
     home = tmp_path / "prefect-home"
     env = {
@@ -81,61 +85,107 @@ def prefect_env(tmp_path) -> Iterator[dict[str, str]]:
     }
     env.pop("PREFECT_PROFILE", None)
     home.mkdir()
-    logs = tmp_path / "server.log"
-    with open(logs, "w") as log:
+    # The worker's runs fail the first clustering of each run folder: a sweep's ratio run fails, its
+    # bounds (no clustering stage) complete.
+    worker_env = {**env, FAULT_ENV: "cluster:1"}
+    with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
     try:
         wait_healthy(env["PREFECT_API_URL"], server, timeout=180)
-        yield env
+        created = prefect("work-pool", "create", POOL, "--type", "process", env=env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        deployed = prefect("--no-prompt", "deploy", "--all", env=env, timeout=180)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert all(f"semi-supervised/{name}" in deployed.stdout for name in ("demo", "ms1m", "ms1m-clusformer"))
+        worker_log = tmp_path / "worker.log"
+        with open(worker_log, "w") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1"],
+                cwd=tmp_path, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        yield env, worker_log
     finally:
+        if worker is not None:
+            stop(worker)
         stop(server)
 
 
-def test_demo_deployment_runs_to_completed_on_a_process_worker(prefect_env, tmp_path):
-    env = prefect_env
-    created = prefect("work-pool", "create", POOL, "--type", "process", env=env)
-    assert created.returncode == 0, created.stdout + created.stderr
-    deployed = prefect("--no-prompt", "deploy", "--all", env=env, timeout=180)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert all(f"semi-supervised/{name}" in deployed.stdout for name in ("demo", "ms1m", "ms1m-clusformer"))
+def run_deployment(env: dict[str, str], worker_log: Path, params: dict) -> str:
+    """``prefect deployment run semi-supervised/demo --watch`` with ``params``; its output (asserted COMPLETED)."""
+    ran = prefect("deployment", "run", "semi-supervised/demo", "--params", json.dumps(params), "--watch",
+                  "--watch-interval", "2", "--watch-timeout", "400", env=env, timeout=420)
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 0, output + worker_log.read_text()
+    assert "COMPLETED" in output.upper(), output
+    return output
 
-    worker_log = tmp_path / "worker.log"
-    with open(worker_log, "w") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        run_dir = tmp_path / "run"
-        params = {**OVERRIDES, "run_dir": str(run_dir)}
-        ran = prefect("deployment", "run", "semi-supervised/demo", "--params", json.dumps(params), "--watch",
-                      "--watch-interval", "2", "--watch-timeout", "400", env=env, timeout=420)
-        output = ran.stdout + ran.stderr
-        assert ran.returncode == 0, output + worker_log.read_text()
-        assert "COMPLETED" in output.upper(), output
-        summary = json.loads((run_dir / "run.json").read_text())
-        assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 12
-        assert 0.0 <= summary["rank1_before_largest"] <= 1.0
 
-        # A sweep over the deployment: every run is a deployment run the worker picks up; the runs get
-        # what the sweep was given and the deployment's own parameters for the rest (its method).
-        sweep_dir = tmp_path / "sweep"
-        given = {k: v for k, v in OVERRIDES.items() if k != "labels"}
-        script = ("import json, sys; from flows.compare_ratios import compare_ratios; "
-                  "s = compare_ratios(deployment='semi-supervised/demo', ratios=[1.0], max_parallel=2, "
-                  f"run_dir={str(sweep_dir)!r}, **json.loads(sys.argv[1])); print('ROWS', json.dumps(s['rows']))")
-        swept = subprocess.run([sys.executable, "-c", script, json.dumps(given)], cwd=REPO_ROOT, env=env,
-                               capture_output=True, text=True, timeout=900)
-        assert swept.returncode == 0, swept.stdout + swept.stderr + worker_log.read_text()
-    finally:
-        stop(worker)
+def test_demo_deployment_runs_to_completed_on_a_process_worker(deployed, tmp_path):
+    env, worker_log = deployed
+    run_dir = tmp_path / "run"
+    run_deployment(env, worker_log, {**OVERRIDES, "run_dir": str(run_dir)})
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 12
+    assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+
+    # A sweep over the deployment: every run is a deployment run the worker picks up; the runs get
+    # what the sweep was given and the deployment's own parameters for the rest (its method). The
+    # ratio run fails on the worker (injected fault): a row of the table, not the end of the sweep.
+    sweep_dir = tmp_path / "sweep"
+    given = {k: v for k, v in OVERRIDES.items() if k != "labels"}
+    script = ("import json, sys; from flows.compare_ratios import compare_ratios; "
+              "s = compare_ratios(deployment='semi-supervised/demo', ratios=[1.0], max_parallel=2, "
+              f"run_dir={str(sweep_dir)!r}, **json.loads(sys.argv[1])); print('ROWS', json.dumps(s['rows']))")
+    swept = subprocess.run([sys.executable, "-c", script, json.dumps(given)], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert swept.returncode == 0, swept.stdout + swept.stderr + worker_log.read_text()
     rows = {row["run"]: row for row in json.loads(swept.stdout.split("ROWS ", 1)[1].splitlines()[0])}
     assert set(rows) == {"lower-bound", "ratio-1", "upper-bound"}
-    assert {row["status"] for row in rows.values()} == {"completed"}, rows
-    assert (sweep_dir / "compare" / "comparison.md").is_file()
-    child = json.loads((sweep_dir / "ratio-1.json").read_text())
+    assert rows["lower-bound"]["status"] == rows["upper-bound"]["status"] == "completed", rows
+    assert rows["ratio-1"]["status"].startswith("failed: ") and rows["ratio-1"]["rank1"] is None, rows
+    assert "failed: " in (sweep_dir / "compare" / "comparison.md").read_text()
+    child = flow_run_parameters(env, "semi-supervised[ratio-1]")
     assert child["method"] == "infomap"  # the deployment's method, not compare-ratios' default (facet)
+    assert child["run_dir"] == str(sweep_dir) and child["labels"] == "clusters" and child["ratio"] == 1.0
+
+
+def flow_run_parameters(env: dict[str, str], name: str) -> dict:
+    """The parameters the server recorded for the flow run called ``name``."""
+    script = ("import json, sys; from prefect.client.orchestration import get_client; "
+              "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName; "
+              "c = get_client(sync_client=True).__enter__(); "
+              "(run,) = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sys.argv[1]]))); "
+              "print(json.dumps(run.parameters))")
+    read = subprocess.run([sys.executable, "-c", script, name], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert read.returncode == 0, read.stdout + read.stderr
+    return json.loads(read.stdout.splitlines()[-1])
+
+
+def test_a_deployment_reads_the_variable_set_after_it_and_trains_with_torchrun(deployed, tmp_path, face_folders):
+    """The deployments exist before ``faces_path`` is set: a run with an empty data_path reads the variable
+    when it starts. Its training runs as two gloo ranks under torchrun in the train task, its evaluation is
+    on a MegaFace-layout set, and a rerun resumes from the trained stage (evaluation recomputed only)."""
+    env, worker_log = deployed
+    faces, probes, distractors = face_folders
+    run_dir = tmp_path / "run"
+    params = {**OVERRIDES, "data_source": "folder", "data_path": None, "data_options": {"labelled": 1, "unlabelled": 1},
+              "train_options": {"batch_size": 6, "nproc_per_node": 2}, "distractor_sizes": [5, 20],
+              "eval_set": {"probes": str(probes), "distractors": str(distractors)}, "run_dir": str(run_dir)}
+    assert prefect("variable", "set", "faces_path", str(faces), env=env).returncode == 0
+    run_deployment(env, worker_log, params)
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["n_labelled"] == 5 * 4  # half of the folder's 10 people, 4 images each
+    (done,) = (run_dir / "stages").glob("train_backbone-*/done.json")
+    assert "trained by 2 processes (DDP)" in (done.parent / "train_torchrun.log").read_text()
+    trained_at = done.stat().st_mtime_ns
+
+    run_deployment(env, worker_log, {**params, "distractor_sizes": [20]})
+    again = json.loads((run_dir / "run.json").read_text())
+    assert done.stat().st_mtime_ns == trained_at  # the trained stage was reused, not retrained
+    assert list(again["rank1_before"]) == ["20"] and again["rank1_before"]["20"] == summary["rank1_before"]["20"]
 
 
 def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:

@@ -265,39 +265,14 @@ def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_serv
     assert task_states(second.state_details.flow_run_id)["train-backbone"] == ["Cached"]
 
 
-def faces_in_the_megaface_layout(root: Path) -> tuple[Path, Path, Path]:
-    """Generated faces as folders: faces/<identity>/<image> to train on (10 people, 4 images each),
-    facescrub/<identity>/<image> probes (3 people) and a nested distractor folder (20 people, one image each)."""
-    import shutil
-
-    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
-    from semiface.manifest import read_manifest
-
-    manifest = generate_demo_dataset(root / "generated", DemoConfig(
-        n_labelled_ids=10, n_unlabelled_ids=0, n_probe_ids=3, n_distractor_ids=20, images_per_id=4, image_size=32,
-        seed=5))
-    faces, probes, distractors = root / "faces", root / "facescrub", root / "megaface" / "FlickrFinal2"
-    for i, row in read_manifest(manifest).iterrows():
-        source = manifest.parent / row["path"]
-        if row["split"] == "labelled":
-            target = faces / row["identity"] / source.name
-        elif row["split"] == "probe":
-            target = probes / f"celebrity-{row['identity']}" / source.name
-        else:
-            target = distractors / f"{i % 3}" / f"{row['identity']}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
-    shutil.rmtree(root / "generated")
-    return faces, probes, distractors
-
-
-def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_data_set(prefect_server, tmp_path):
+def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_data_set(prefect_server, tmp_path,
+                                                                                         face_folders):
     """eval_set: both models are scored on FaceScrub-style probes against a distractor folder (extracted with
     each model), and the folder source needs no probe / distractor share of its own. Moved elsewhere, the
     data is read from its new place although the manifests come from the cache."""
     import shutil
 
-    faces, probes, distractors = faces_in_the_megaface_layout(tmp_path / "data")
+    faces, probes, distractors = face_folders
     run_dir = tmp_path / "run"
     params = {**TINY, "data_source": "folder", "data_options": {"labelled": 0.6, "unlabelled": 0.4},
               "labels": "labelled_only", "distractor_sizes": [5, 20]}
