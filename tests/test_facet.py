@@ -213,6 +213,32 @@ def test_facet_with_infomap_partition_clusters_separable_identities() -> None:
     assert evaluate_partition(test_labels, predicted)["pairwise_f"] > 0.85
 
 
+def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tmp_path) -> None:
+    """link_rule="tuned": each rule's links are tuned like tau on the labelled rows; the best is kept and saved."""
+    from clustering.evaluate import tune_link_threshold
+    from clustering.identities import split_by_identity
+
+    features, labels = blobs(16, 6, noise=0.8)
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=2, val_fraction=0.25, link_rule="tuned")
+    method.fit(features, labels)
+    knn = build_knn(features, max(method.config.hop1, STAT_NEIGHBOURS) + 1, device="cpu")
+    heldout = np.zeros(len(labels), dtype=bool)
+    heldout[split_by_identity(labels, 0.25, method.config.seed)[1]] = True
+    fixed = make_method("facet+infomap", preset="demo", **TINY)
+    fixed.model = method.model
+    tuned = {}
+    for rule in ("any", "mutual", "average"):
+        fixed.config = fixed.config.replace(link_rule=rule)
+        _, tau, scores = tune_link_threshold(labels, heldout, *fixed.predict_links(features, knn, 0.0),
+                                             partition="infomap")
+        tuned[rule] = (scores["all_pairwise_f"] + scores["all_bcubed_f"]) / 2, tau
+    assert method.link_rule == method.link_rule_ == max(tuned, key=lambda r: tuned[r][0])
+    assert method.tau_ == pytest.approx(tuned[method.link_rule][1])
+    assert FaceT.load(method.save(tmp_path / "facet.pt")).link_rule == method.link_rule
+    with pytest.raises(ConfigError, match="link_rule must be one of"):
+        make_method("facet", link_rule="best")
+
+
 def test_registry_parameters_and_presets() -> None:
     method = make_method("facet+infomap", preset="demo", hop1=12)
     assert isinstance(method, FaceT)

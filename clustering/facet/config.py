@@ -15,6 +15,8 @@ EDGE_EMBEDDINGS = ("concat", "concat_product")
 LOSS_WEIGHTINGS = ("none", "weighted", "balanced")
 PARTITIONS = ("union_find", "infomap")
 PRESETS = ("paper", "demo")
+TUNED_RULE = "tuned"  # link_rule chosen on the labelled tune slice
+EPOCH_RULE = "average"  # the rule epochs are scored with when the rule is tuned
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class FaceTConfig:
     # direction passes tau), mutual = min of both, average = mean (a side not scored counts 0).
     # "average" is the default (not the paper's "any"): on generated benchmark features it gave
     # +3 to +12 points of pairwise F over "any" at the best tau of each (see the README).
+    # "tuned": each rule is tuned on the labelled tune slice like tau (epochs are scored with
+    # "average") and the one with the best tune score is kept (``FaceT.link_rule_``).
     link_rule: str = after_training("average")
     tau: float | None = after_training(None)  # link threshold; None = the one tuned on the validation slice
     max_cluster_size: int | None = after_training(None)
@@ -121,7 +125,8 @@ class FaceTConfig:
             (self.loss_weighting in LOSS_WEIGHTINGS, f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"),
             (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
             (self.tune_on in ("heldout", "all"), f"tune_on must be heldout or all, got {self.tune_on!r}"),
-            (self.link_rule in LINK_RULES, f"link_rule must be one of {LINK_RULES}, got {self.link_rule!r}"),
+            (self.link_rule in (*LINK_RULES, TUNED_RULE),
+             f"link_rule must be one of {(*LINK_RULES, TUNED_RULE)}, got {self.link_rule!r}"),
             (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
             (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),

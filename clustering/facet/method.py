@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from clustering.base import Clusterer, register
-from clustering.facet.config import FaceTConfig
+from clustering.facet.config import EPOCH_RULE, TUNED_RULE, FaceTConfig
 from clustering.facet.infer import link_probabilities
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
 from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
-from clustering.links import undirected_links
+from clustering.links import LINK_RULES, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from clustering.partition import link_confidence, partition_links
 from semiface.devices import resolve_device
@@ -53,6 +53,7 @@ class FaceT(Clusterer):
         self.config = FaceTConfig.preset(preset, **overrides)
         self.model: FaceTModel | None = None
         self.tau_: float | None = None
+        self.link_rule_: str | None = None
         self.tau_table_: list[dict] = []
         self.history_: list[dict] = []
         self.confidence_ = None
@@ -63,6 +64,14 @@ class FaceT(Clusterer):
         if self.config.tau is not None:
             return self.config.tau
         return self.tau_ if self.tau_ is not None else DEFAULT_TAU
+
+    @property
+    def link_rule(self) -> str:
+        """The rule combining a pair's two directions: the configured one, or the tuned one
+        (``link_rule="tuned"``; before tuning, the rule epochs are scored with)."""
+        if self.config.link_rule != TUNED_RULE:
+            return self.config.link_rule
+        return self.link_rule_ or EPOCH_RULE
 
     # ---- training -------------------------------------------------------------------------
     def fit(
@@ -107,10 +116,22 @@ class FaceT(Clusterer):
             fingerprint=data_fingerprint(train_features, train_labels), on_epoch=on_epoch,
         )
         if tune is not None:
-            # Tune tau on the kept (best-epoch) weights, with the full search.
-            tune(self.model, quick=False)
-            self.tau_, self.tau_table_ = tune.best_tau, tune.table
+            self._tune_after_training(tune)
         return self
+
+    def _tune_after_training(self, tune: _Validator) -> None:
+        """Tau on the kept (best-epoch) weights, with the full search; with ``link_rule="tuned"`` for
+        each rule, keeping the rule whose tuned partition scores best on the tune slice."""
+        rules = LINK_RULES if self.config.link_rule == TUNED_RULE else (self.config.link_rule,)
+        best = None
+        for rule in rules:
+            self.link_rule_ = rule if self.config.link_rule == TUNED_RULE else None
+            score = tune(self.model, quick=False)["tune_score"]
+            log.info("facet: link rule %s, tau %.4f, tune score %.4f", rule, tune.best_tau, score)
+            if best is None or score > best[0]:
+                best = (score, rule, tune.best_tau, tune.table)
+        _, rule, self.tau_, self.tau_table_ = best
+        self.link_rule_ = rule if self.config.link_rule == TUNED_RULE else None
 
     def _validator(
         self, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, rows: np.ndarray,
@@ -138,7 +159,7 @@ class FaceT(Clusterer):
         table = neighbourhood.table
         probs = link_probabilities(model, features, table, self.config, model_device(model), neighbourhood.index)
         ids = table[:, : probs.shape[1]]
-        return undirected_links(len(features), ids, probs, self.config.link_rule, floor=floor)
+        return undirected_links(len(features), ids, probs, self.link_rule, floor=floor)
 
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ids int64 [N] of unlabelled ``features``; sets ``confidence_`` (mean link
@@ -179,7 +200,7 @@ class FaceT(Clusterer):
         model = self._trained_model()
         return save_model_file(path, MODEL_FORMAT, {
             "config": self.config.to_dict(), "feature_dim": model.feature_dim, "state_dict": model.state_dict(),
-            "tau": self.tau_, "tau_table": self.tau_table_, "history": self.history_,
+            "tau": self.tau_, "tau_table": self.tau_table_, "history": self.history_, "link_rule": self.link_rule_,
         })
 
     @classmethod
@@ -194,6 +215,7 @@ class FaceT(Clusterer):
         method.model.load_state_dict(payload["state_dict"])
         method.model.to(resolve_device(method.config.device)).eval()
         method.tau_, method.tau_table_, method.history_ = payload["tau"], payload["tau_table"], payload["history"]
+        method.link_rule_ = payload.get("link_rule")  # absent from files saved before the rule could be tuned
         return method
 
 
@@ -236,8 +258,10 @@ class _Validator:
             max_size=cfg.max_cluster_size, seed=cfg.seed, quick=quick,
         )
         self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
+        tuned_on = "all" if cfg.tune_on == "all" else "heldout"
         return {
-            "val_tau": self.best_tau, "all_pairwise_f": scores["all_pairwise_f"], "all_bcubed_f": scores["all_bcubed_f"],
+            "val_tau": self.best_tau, "tune_score": (scores[f"{tuned_on}_pairwise_f"] + scores[f"{tuned_on}_bcubed_f"]) / 2,
+            "all_pairwise_f": scores["all_pairwise_f"], "all_bcubed_f": scores["all_bcubed_f"],
             "pairwise_f": scores["heldout_pairwise_f"], "bcubed_f": scores["heldout_bcubed_f"],
         }
 
