@@ -136,6 +136,7 @@ def semi_supervised(
     method_params: dict[str, Any] | None = None,
     cluster_features: ClusterFeatures = "backbone",
     clusterer_holdout: float = 0.0,
+    clusterer_density_match: bool = False,
     ratio: float = 1.0,
     labels: LabelsMode = "clusters",
     backbone: str = "resnet50",
@@ -176,6 +177,9 @@ def semi_supervised(
     backbone has not seen (as the unlabelled ones); the retraining, and then the lower bound, which
     is retrained too (same schedule as the ratio runs), use every labelled identity. With
     ``retrain_from="first_model"`` the lower bound is retrained (fine-tuned on the labelled rows) too.
+    ``clusterer_density_match``: fit the clusterer on a random share of its labelled rows equal to the
+    share of the unlabelled pool sampled at this r_U/L, so that its people have as many images each
+    as those it clusters (on the demo at r_U/L 1, a third of the pool: about two images a person).
     ``retrain_options``: TrainConfig fields for the retraining only, over those (e.g. fewer ``epochs``
     when it starts from the first model); ``{"heads": "multi"}`` retrains with two margin heads, one for
     the labelled and one for the pseudo-labelled set (default ``"single"``: one head over both).
@@ -251,8 +255,10 @@ def semi_supervised(
             merged = result_of(merge_pseudo_labels_task, ctx, data, "upper_bound", sample)
         else:
             knn_labelled = result_of(build_knn_task, ctx, data, to_cluster, "labelled", k, None, seed, clusterer_holdout)
+            drawn = sample.summary["sample"]
+            share = drawn["sampled"] / drawn["available"] if clusterer_density_match else 1.0
             trained = result_of(train_clusterer_task, ctx, data, to_cluster, knn_labelled, method, method_params,
-                                sample.summary["sample"]["sampled"])
+                                drawn["sampled"], share, seed)
             clusters = result_of(cluster_task, ctx, data, to_cluster, sample, trained, method, method_params)
             merged = result_of(merge_pseudo_labels_task, ctx, data, "pseudo", sample, clusters,
                                min_cluster_size, min_confidence)

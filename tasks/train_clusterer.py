@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 
 from clustering.base import Clusterer, make_method
 from clustering.knn import KnnGraph
+from semiface.errors import ConfigError
 from semiface.features import load_features
 from semiface.manifest import read_manifest
 from semiface.markdown import markdown_table
@@ -54,6 +55,13 @@ def load_method(method: str, params: dict[str, Any], trained: StageResult, devic
     return loader(trained.path("model"))
 
 
+def sample_share(n_rows: int, share: float, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded random ``share`` of ``n_rows`` rows (at least 2), as the unlabelled
+    rows are drawn from their pool (``clustering.pseudo_labels.sample_unlabelled``)."""
+    count = min(n_rows, max(2, int(round(share * n_rows))))
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:count])
+
+
 def subset(features: StageResult, knn: StageResult) -> tuple[np.ndarray, np.ndarray, KnnGraph]:
     """(manifest row numbers, their features, their kNN graph) of a build-knn stage."""
     rows = np.load(knn.path("rows"))
@@ -71,15 +79,24 @@ def train_clusterer_task(
     method: str,
     params: dict[str, Any],
     target_rows: int | None = None,
+    fit_share: float = 1.0,
+    seed: int = 0,
 ) -> StageResult:
     """Fit ``method`` on the labelled rows of ``knn``; methods that learn nothing record just that.
 
     ``target_rows``: the size of the set to be clustered. A method that tunes its threshold on a
     labelled slice (``tune_samples``) takes that size unless ``params`` gives one, so every method
     tunes on the same rows, at the density it will cluster.
+    ``fit_share`` < 1: fit on a seeded random share of those rows only, the share of the unlabelled
+    pool that was sampled, so that an identity has as many images here as in the set to be clustered.
     """
     key_params = with_tune_samples(method, {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}, target_rows)
-    spec = StageSpec("train_clusterer", {"method": method, "params": key_params}, (data, features, knn),
+    if not 0.0 < fit_share <= 1.0:
+        raise ConfigError(f"fit_share: a share of the labelled rows in (0, 1], got {fit_share}")
+    key: dict[str, Any] = {"method": method, "params": key_params}
+    if fit_share < 1.0:
+        key["fit_share"] = {"share": round(fit_share, 6), "seed": seed}
+    spec = StageSpec("train_clusterer", key, (data, features, knn),
                      code=(*CODE, "tasks/train_clusterer.py"), runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -89,12 +106,16 @@ def train_clusterer_task(
         (folder / "work").mkdir(exist_ok=True)
         progress = Progress(ctx, "train-clusterer", f"training {method}")
         rows, feats, graph = subset(features, knn)
+        if fit_share < 1.0:
+            kept = sample_share(len(rows), fit_share, seed)
+            rows, feats = rows[kept], feats[kept]
+        fit_graph = graph if fit_share == 1.0 else None  # None: the method builds the graph of the rows kept
         labels = read_manifest(data.path("manifest"))["label"].to_numpy()[rows]
         started = time.perf_counter()
         if "on_epoch" in inspect.signature(model.fit).parameters:  # FaceT, Clusformer: progress per epoch
-            model.fit(feats, labels, graph, on_epoch=lambda r: progress.update(90.0 * r["epoch"] / r["epochs"]))
+            model.fit(feats, labels, fit_graph, on_epoch=lambda r: progress.update(90.0 * r["epoch"] / r["epochs"]))
         else:
-            model.fit(feats, labels, graph)
+            model.fit(feats, labels, fit_graph)
         progress.update(90.0)
         path = model.save(folder / "clusterer.pt")
         progress.update(100.0)

@@ -193,6 +193,11 @@ def test_clusterer_holdout_keeps_identities_from_the_first_backbone_for_the_clus
     assert len(knn) == 1 and knn[0]["nodes"] == 2 * 4  # their 4 images each
     assert sorted(s["num_classes"] for s in summary_of("retrain")) == [8, 8 + ratio["n_pseudo_classes"]]
     assert lower["retrained"] and lower["rank1_after"] != lower["rank1_before"]
+    # clusterer_density_match: r_U/L 1 samples 32 of the 40 pool images, so the clusterer is fitted on
+    # 80 % of the 8 held-out rows; the first backbone and its features are reused
+    semi_supervised(run_dir=str(run_dir), labels="clusters", label="matched", clusterer_density_match=True, **common)
+    assert sorted(s["rows"] for s in summary_of("train_clusterer")) == [6, 8]
+    assert len(summary_of("train_backbone")) == 1
 
 
 def test_compare_ratios_takes_every_run_parameter_with_the_same_default_and_type() -> None:
