@@ -187,7 +187,7 @@ def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) ->
     out["split"] = out["identity"].map(role)
     labelled = sorted(n for n, r in role.items() if r == "labelled")
     out["label"] = out["identity"].map({n: i for i, n in enumerate(labelled)}).fillna(-1).astype(np.int64)
-    missing = [s for s in ("labelled", "probe", "distractor") if wanted[s] and not (out["split"] == s).any()]
+    missing = [s for s in ("labelled", "probe", "distractor") if float(options[s]) > 0 and not (out["split"] == s).any()]
     if missing:
         raise DataError("data", f"{len(names)} identities are too few to fill the split(s) {missing} "
                                 f"with shares {[options[s] for s in SPLITS]}")

@@ -21,7 +21,8 @@ from tasks.stage_cache import StageResult, StageSpec
 # probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
 # the roots: where a list's paths are relative to (only with a list).
 EVAL_SET_KEYS = ("probes", "distractors", "probe_root", "distractor_root")
-LINK_FOLDER = "eval-images"  # under run_dir: links to the probe and distractor roots, remade every run
+# Under run_dir, one folder per evaluation set: links to its probe and distractor roots, remade every run.
+LINK_FOLDER = "eval-images"
 
 
 def eval_set_inputs(eval_set: dict[str, Any]) -> dict[str, Path]:
@@ -72,5 +73,5 @@ def with_image_links(ctx: StageContext, eval_data: StageResult, eval_set: dict[s
     inputs = eval_set_inputs(eval_set)
     roots = {PROBES: inputs["probes"] if inputs["probes"].is_dir() else inputs["probe_root"],
              DISTRACTORS: inputs["distractors"] if inputs["distractors"].is_dir() else inputs["distractor_root"]}
-    links = link_image_roots(Path(ctx.cache_root).parent / LINK_FOLDER, roots)
+    links = link_image_roots(Path(ctx.cache_root).parent / LINK_FOLDER / eval_data.key[:16], roots)
     return replace(eval_data, summary={**eval_data.summary, "image_root": str(links), "has_images": True})
