@@ -45,15 +45,17 @@ def test_build_knn_takes_the_torch_path_when_no_gpu_faiss_works(monkeypatch) -> 
     features = _points(300, 16, 2)
     calls = []
 
-    def fake_torch_knn(feats, k, device):
+    def fake_torch_knn(feats, k, device, progress=None):
         calls.append(device)
-        return torch_exact_knn(feats, k, torch.device("cpu"))
+        return torch_exact_knn(feats, k, torch.device("cpu"), query_chunk=128, progress=progress)
 
     monkeypatch.setattr(knn_module, "knn_backend", lambda device: "torch-cuda")
     monkeypatch.setattr(knn_module, "_cuda_device", lambda device: torch.device("cpu"))
     monkeypatch.setattr(knn_module, "torch_exact_knn", fake_torch_knn)
-    graph = knn_module.build_knn(features, 8, device="cuda")
+    seen: list[float] = []
+    graph = knn_module.build_knn(features, 8, device="cuda", progress=seen.append)
     assert len(calls) == 1
+    assert seen == pytest.approx([100 * 128 / 300, 100 * 256 / 300, 100.0])  # after each query chunk
     np.testing.assert_array_equal(graph.nbrs[:, 0], np.arange(300))
     monkeypatch.undo()
     np.testing.assert_array_equal(graph.nbrs, knn_module.build_knn(features, 8, device="cpu").nbrs)
