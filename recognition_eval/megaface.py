@@ -79,7 +79,7 @@ def list_probes(probes: str | Path, probe_root: str | Path | None = None) -> tup
             raise DataError(probes, "no probe images (expected <identity>/<image> sub-folders)")
         return pd.DataFrame(rows, columns=["path", "identity"]), probes
     frame = read_image_list(probes, with_identities=True)
-    return frame, _list_root(probes, probe_root, "probe_root")
+    return frame, image_root(probes, probe_root, "probe_root")
 
 
 def list_distractors(distractors: str | Path, distractor_root: str | Path | None = None) -> tuple[list[str], Path]:
@@ -95,7 +95,7 @@ def list_distractors(distractors: str | Path, distractor_root: str | Path | None
             raise DataError(distractors, "no distractor images in this folder")
         return paths, distractors
     frame = read_image_list(distractors, with_identities=False)
-    return frame["path"].tolist(), _list_root(distractors, distractor_root, "distractor_root")
+    return frame["path"].tolist(), image_root(distractors, distractor_root, "distractor_root")
 
 
 def megaface_manifest(probes: pd.DataFrame, distractors: list[str]) -> pd.DataFrame:
@@ -180,9 +180,14 @@ def evaluate_megaface_features(probe_list: str | Path, probe_features: str | Pat
     return evaluate(features, megaface_manifest(probes, distractors), out_dir, **options)
 
 
-def _list_root(listing: Path, root: str | Path | None, name: str) -> Path:
+def image_root(source: str | Path, root: str | Path | None, name: str) -> Path:
+    """The folder the images of ``source`` are under: the folder itself, or for a list its ``root``
+    (``name``: the option that gives it, named in the error when it is missing)."""
+    source = Path(source)
+    if source.is_dir():
+        return source
     if root is None:
-        raise DataError(listing, f"a list of images needs {name}: the folder its paths are relative to")
+        raise DataError(source, f"a list of images needs {name}: the folder its paths are relative to")
     return Path(root)
 
 

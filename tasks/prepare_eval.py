@@ -32,10 +32,16 @@ def eval_set_inputs(eval_set: dict[str, Any]) -> dict[str, Path]:
     for name in ("probes", "distractors"):
         if name not in inputs:
             raise ConfigError(f"eval_set: {name!r} is required (a folder or a MegaFace devkit list)")
-        root = f"{name.removesuffix('s')}_root"
-        if inputs[name].is_file() and root not in inputs:
-            raise ConfigError(f"eval_set: {name} {inputs[name]} is a list; give {root!r}, the folder its paths are under")
+    image_roots(inputs)  # a list without its root -> DataError before anything runs
     return inputs
+
+
+def image_roots(inputs: dict[str, Path]) -> dict[str, Path]:
+    """The probe and distractor image folders, by their link names in the evaluation manifest."""
+    from recognition_eval.megaface import DISTRACTORS, PROBES, image_root
+
+    return {PROBES: image_root(inputs["probes"], inputs.get("probe_root"), "eval_set.probe_root"),
+            DISTRACTORS: image_root(inputs["distractors"], inputs.get("distractor_root"), "eval_set.distractor_root")}
 
 
 @task(name="prepare-eval-set", task_run_name="prepare-eval-set", tags=["stage", "data", "evaluation"],
@@ -68,10 +74,8 @@ def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResul
 
 def with_image_links(ctx: StageContext, eval_data: StageResult, eval_set: dict[str, Any]) -> StageResult:
     """``eval_data`` whose image root is a folder of links to this run's probe and distractor roots."""
-    from recognition_eval.megaface import DISTRACTORS, PROBES, link_image_roots
+    from recognition_eval.megaface import link_image_roots
 
-    inputs = eval_set_inputs(eval_set)
-    roots = {PROBES: inputs["probes"] if inputs["probes"].is_dir() else inputs["probe_root"],
-             DISTRACTORS: inputs["distractors"] if inputs["distractors"].is_dir() else inputs["distractor_root"]}
+    roots = image_roots(eval_set_inputs(eval_set))
     links = link_image_roots(Path(ctx.cache_root).parent / LINK_FOLDER / eval_data.key[:16], roots)
     return replace(eval_data, summary={**eval_data.summary, "image_root": str(links), "has_images": True})
