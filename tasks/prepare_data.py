@@ -116,10 +116,14 @@ def prepare_data(ctx: StageContext, source: str, data_path: str | None, options:
 
 def with_current_inputs(data: StageResult, source: str, data_path: str | None, options: dict[str, Any]) -> StageResult:
     """``data`` whose image root / record file are this run's inputs: a cached manifest is keyed on the
-    data's content, not on where it is mounted, so a moved data root must not send readers to the old one."""
+    data's content, not on where it is mounted, so a moved data root must not send readers to the old one.
+    Generated demo images live in the stage folder, wherever the run directory is reached from now (the
+    recorded root is relative to the working directory the stage ran in)."""
     external = required_inputs(source, data_path, data_options_for(source, options))
     summary = dict(data.summary)
-    if source == "folder":
+    if source == "demo":
+        summary["image_root"] = str(data.path("manifest").parent)
+    elif source == "folder":
         summary["image_root"] = str(external["data"])
     elif source == "recordio":
         summary["record_file"] = str(external["record"])
