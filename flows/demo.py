@@ -19,7 +19,7 @@ from typing import Any
 
 # Sized for 2 CPU cores: 216 labelled identities (2,160 images) and a pool of 648 unlabelled ones, 10
 # images a person. With 6 images a person (360 / 1,080 identities) the kept pseudo-labels were as pure
-# (0.90-0.96) but retraining on them closed only 42-58 % of the gap to the ground-truth upper bound: a
+# (0.90-0.96) but retraining on them closed only 41-60 % of the gap to the ground-truth upper bound: a
 # person's few images that the first model did not already group were the ones left out (measured: true
 # identities on the same kept rows closed 70 %). The unlabelled pool holds 3 x N_L images, so the largest
 # r_U/L uses all of it. 100 probe identities: rank-1 on 20 moved by 0.8 points a probe image.
