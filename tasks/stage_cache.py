@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -113,9 +114,17 @@ def code_fingerprint(sources: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+# CPython 3.11 keeps one AST-construction recursion counter per interpreter, shared by its threads, so two
+# threads parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905); the stages of two sweep runs side by side (max_parallel > 1) fingerprint their
+# code in threads. One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def code_text(source: str) -> str:
     """What a module computes, as text: its syntax tree (no comments, no layout) without docstrings."""
-    tree = ast.parse(source)
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
