@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -117,10 +118,12 @@ def code_fingerprint(sources: Iterable[str]) -> str:
 # CPython 3.11 keeps one AST-construction recursion counter per interpreter, shared by its threads, so two
 # threads parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
 # (python/cpython#106905); the stages of two sweep runs side by side (max_parallel > 1) fingerprint their
-# code in threads. One parse at a time.
+# code in threads. One parse at a time; a module read again unchanged (every stage of a run fingerprints
+# the same packages) is not parsed again.
 _PARSE_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1024)
 def code_text(source: str) -> str:
     """What a module computes, as text: its syntax tree (no comments, no layout) without docstrings."""
     with _PARSE_LOCK:
