@@ -9,6 +9,9 @@ retraining manifest only) trains one head over the labelled classes 0..L-1 (L = 
 label of a ``labelled`` row) and one over the pseudo classes L..C-1, on the shared trunk, batches
 drawn from both sets (see :class:`backbone.margin.TwoHeadMargin`).
 
+Head start (``TrainConfig.head_init``): ``random`` centres, or, when fine-tuning a checkpoint
+(``init``), ``class_means``: each class's mean embedding under that model (see ``backbone.head_init``).
+
 Run folder (only rank 0 writes; see ``backbone.run_folder``): ``run.json``, ``checkpoint.pt``,
 ``metrics.json``, ``model.pt``; a folder of another config is refused, never overwritten.
 
@@ -42,6 +45,7 @@ from backbone.checkpoint import (
     save_checkpoint,
 )
 from backbone.distributed import gather_objects, setup_distributed
+from backbone.head_init import class_mean_embeddings, imprint
 from backbone.loader import make_loader
 from backbone.margin import MarginHead, TwoHeadMargin
 from backbone.model import FaceEmbedder, build_model
@@ -87,6 +91,9 @@ def train_backbone(
     calls this; each trains on its shard and rank 0 writes.
     """
     manifest_path, run_dir = Path(manifest_path), Path(run_dir)
+    if config.head_init == "class_means" and config.init == "scratch":
+        raise ConfigError("TrainConfig.head_init: 'class_means' needs a starting model (init = a checkpoint path); "
+                          "a scratch model's class means carry no information")
     rows = select_training_rows(read_manifest(manifest_path), manifest_path, config.num_classes, config.heads)
     identity = run_identity(config, rows)
     finished = check_run_dir(run_dir, identity)
@@ -135,6 +142,9 @@ def _build(
 def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, device, per_rank_batch, progress,
          identity):
     embedder, head = _build(config, rows, device)
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if config.head_init == "class_means" and not checkpoint_path.is_file():  # a resumed run loads its head
+        imprint(head, class_mean_embeddings(embedder, rows, image_root, record_file, config.image_size, device))
     model: nn.Module = MarginModel(embedder, head)
     if world.world_size > 1:
         if device.type == "cuda":  # SyncBatchNorm has no CPU kernel: on gloo each rank keeps its own statistics
@@ -149,7 +159,6 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
     data, sampler, loader = make_loader(config, rows, image_root, record_file, world, per_rank_batch, device)
     steps_per_epoch = len(loader)
     start_epoch, step, history = 0, 0, []
-    checkpoint_path = run_dir / CHECKPOINT_FILE
     if checkpoint_path.is_file():
         state = load_training_state(checkpoint_path, TRAIN_STATE_FORMAT, identity)
         load_embedder_state(embedder, state["model"], checkpoint_path)

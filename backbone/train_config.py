@@ -12,6 +12,7 @@ from semiface.training.schedules import DECAYS
 from semiface.training.settings import after_training, runtime_field_names
 
 HEADS = ("single", "multi")  # one margin head over all classes, or one for the labelled and one for the pseudo set
+HEAD_INITS = ("random", "class_means")  # normal(0, 0.01) centres, or each class's mean embedding (backbone.head_init)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = DECAYS  # warm-up, then step / poly / cosine / linear decay (semiface.training.schedules)
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
@@ -51,12 +52,14 @@ class TrainConfig:
     init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
     num_classes: int | None = None  # None: 1 + the largest label
     heads: str = "single"  # "multi": a labelled-set head and a pseudo-set head (retraining manifests)
+    # "class_means": the head starts at each class's mean embedding under the init model (imprinting)
+    head_init: str = "random"
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
     verbose: bool = after_training(True)  # progress bar and per-epoch summary line on stderr
 
     def __post_init__(self) -> None:
         choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS,
-                   "heads": HEADS}
+                   "heads": HEADS, "head_init": HEAD_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")

@@ -199,6 +199,12 @@ def semi_supervised(
     train = train_settings(backbone, image_size, epochs, seed, train_options) if has_images else None
     retrain = train_settings(backbone, image_size, epochs, seed, {**(train_options or {}), **(retrain_options or {})}
                              ) if has_images else None
+    if train is not None and train.get("head_init") == "class_means":
+        raise ConfigError("train_options: head_init='class_means' needs a starting model and the first training "
+                          "starts from scratch; set it in retrain_options (with retrain_from='first_model')")
+    if retrain is not None and retrain.get("head_init") == "class_means" and retrain_from == "scratch":
+        raise ConfigError("retrain_options: head_init='class_means' starts the head at the first model's class means; "
+                          "it needs retrain_from='first_model'")
     unknown = sorted(set(refresh or ()) - set(STAGES))
     if unknown:
         raise ConfigError(f"refresh: unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")

@@ -184,6 +184,27 @@ def test_retraining_starts_from_the_first_models_embedder(trained, small_manifes
         train_backbone(small_manifest, demo.parent, tmp_path / "init2", replace(frozen, init=str(other)))
 
 
+def test_imprinted_head_starts_at_the_class_means_of_the_first_model(trained, small_manifest, demo, tmp_path):
+    model, _ = trained
+    frozen = replace(SHORT, epochs=1, lr=1e-12, init=str(model))
+    losses = {}
+    for head_init in ("random", "class_means"):
+        history: list[dict] = []
+        out = train_backbone(small_manifest, demo.parent, tmp_path / head_init, replace(frozen, head_init=head_init),
+                             progress=history.append)
+        losses[head_init] = history[0]["loss"]
+    centres = load_checkpoint(out)["margin"]["weight"]
+    features = np.load(extract_features(model, small_manifest, demo.parent, tmp_path / "f.npy", device="cpu"))
+    labels = read_manifest(small_manifest)["label"].to_numpy()
+    means = np.stack([features[labels == c].mean(0) for c in range(8)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(centres.numpy(), means, atol=1e-4)
+    # each row already scores its own class best: the loss starts far below a random head's
+    assert losses["class_means"] < 0.5 * losses["random"], losses
+    with pytest.raises(ConfigError, match="head_init: 'class_means' needs a starting model"):
+        train_backbone(small_manifest, demo.parent, tmp_path / "scratch", replace(SHORT, head_init="class_means"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Extraction and recognition
 

@@ -135,6 +135,9 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         ({"refresh": ["trian_backbone"]}, ConfigError, "refresh: unknown stage"),
         ({"train_options": {"batch_size": 8, "nproc_per_node": 3}}, ConfigError, "nproc_per_node: .* got 3"),
         ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
+        ({"retrain_options": {"head_init": "class_means"}, "retrain_from": "scratch"}, ConfigError,
+         "head_init='class_means' .* needs retrain_from='first_model'"),
+        ({"train_options": {"head_init": "class_means"}}, ConfigError, "first training starts from scratch"),
     ],
 )
 def test_bad_parameters_fail_at_the_start_with_nothing_written(prefect_server, tmp_path, override, error, message):

@@ -270,3 +270,16 @@ def test_ddp_steps_with_a_shard_without_pseudo_rows(tmp_path, run_ddp_workers):
         assert torch.equal(value, ranks[1]["params"][name]), name
     # the pseudo head learned from rank 1's rows (gradients were all-reduced)
     assert not torch.equal(ranks[0]["params"]["head.pseudo.weight"], start["head.pseudo.weight"].detach())
+
+
+def test_class_means_imprint_each_head_with_its_own_classes(multi_run, multi_manifest, demo, tmp_path):
+    """head_init='class_means' from a two-head model: labelled classes 0..3 start the labelled head, 4..7 the pseudo head."""
+    model, _ = multi_run
+    frozen = replace(MULTI, epochs=1, lr=1e-12, init=str(model), head_init="class_means")
+    payload = load_checkpoint(train_backbone(multi_manifest, demo.parent, tmp_path / "imprinted", frozen))
+    features = np.load(extract_features(model, multi_manifest, demo.parent, tmp_path / "f.npy", device="cpu"))
+    labels = read_manifest(multi_manifest)["label"].to_numpy()
+    means = np.stack([features[labels == c].mean(0) for c in range(8)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(payload["margin"]["labelled.weight"].numpy(), means[:4], atol=1e-4)
+    np.testing.assert_allclose(payload["margin"]["pseudo.weight"].numpy(), means[4:], atol=1e-4)

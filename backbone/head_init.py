@@ -1,0 +1,66 @@
+"""Imprinted class centres: start a margin head at the mean embedding of each class under the
+starting model (Qi et al., "Low-Shot Learning with Imprinted Weights", CVPR 2018).
+
+When a retraining fine-tunes the first model, a randomly initialised head scores every row near
+cos 0, so the first epochs' gradients mostly move the head and push the already trained trunk
+around. Centres at the class means start each row near its own cluster's cosine, and the few
+epochs of a fine-tuning go to the rows that the model does not already place well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from backbone.extract import embed_with_flip
+from backbone.margin import MarginHead, TwoHeadMargin
+from backbone.training_rows import TrainingRows
+
+
+@torch.inference_mode()
+def class_mean_embeddings(
+    embedder: nn.Module, rows: TrainingRows, image_root: Path | None, record_file: Path | None, image_size: int,
+    device: torch.device, batch_size: int = 256,
+) -> torch.Tensor:
+    """L2-normalised mean of the (flip-summed, normalised) eval-mode embeddings of each class's rows,
+    float32 [num_classes, D], each row weighted by its loss weight (a class whose weights are all 0
+    falls back to the unweighted mean)."""
+    from backbone.augment import eval_transform  # the data layer, imported where needed
+    from backbone.data.dataset import ManifestImageDataset
+
+    images = ManifestImageDataset(rows.frame, image_root, transform=eval_transform(image_size), record_file=record_file)
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0)
+    was_training = embedder.training
+    embedder.eval()
+    try:
+        chunks = [embed_with_flip(embedder, batch).cpu() for batch, _, _ in loader]
+    finally:
+        embedder.train(was_training)
+    embeddings = torch.cat(chunks)
+    labels = torch.from_numpy(rows.labels)
+    weights = torch.from_numpy(np.asarray(rows.weights, dtype=np.float32))
+    sums = torch.zeros(rows.num_classes, embeddings.shape[1]).index_add_(0, labels, embeddings * weights[:, None])
+    plain = torch.zeros_like(sums).index_add_(0, labels, embeddings)
+    weightless = sums.norm(dim=1) == 0
+    sums[weightless] = plain[weightless]
+    return F.normalize(sums, dim=1)
+
+
+def imprint(head: MarginHead | TwoHeadMargin, centres: torch.Tensor) -> None:
+    """Copy class centres [C, D] into the head (two heads: rows 0..L-1 to the labelled one, the rest to the pseudo one)."""
+    centres = centres.to(device=_weight(head).device, dtype=_weight(head).dtype)
+    with torch.no_grad():
+        if isinstance(head, TwoHeadMargin):
+            head.labelled.weight.copy_(centres[: head.num_labelled])
+            head.pseudo.weight.copy_(centres[head.num_labelled:])
+        else:
+            head.weight.copy_(centres)
+
+
+def _weight(head: MarginHead | TwoHeadMargin) -> torch.Tensor:
+    return head.labelled.weight if isinstance(head, TwoHeadMargin) else head.weight
