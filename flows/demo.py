@@ -26,9 +26,12 @@ from typing import Any
 DEMO_DATA = {"n_labelled_ids": 216, "n_unlabelled_ids": 648, "n_probe_ids": 100, "n_distractor_ids": 300,
              "images_per_id": 10, "difficulty": 0.15}
 # The method parameters the demo gives each method (--method picks one). No cluster may be larger than a
-# labelled identity (10 images), so that a threshold that links new people too readily cannot chain them
-# into large clusters. Rank-1 gains and purities of the methods are in the README ("Running the pipeline").
-CLUSTER_CAP = DEMO_DATA["images_per_id"]
+# labelled identity (10 images) plus two, so that a threshold that links new people too readily cannot chain
+# them into large clusters, while a person's cluster with an impostor or two in it is not cut in pieces (capped
+# at exactly 10, 76 of 648 people were split, mostly 9 + 2 or 8 + 2, and retraining closed 58 % of the gap
+# instead of 67 %; see the README). Rank-1 gains and purities of the methods are in the README ("Running the
+# pipeline").
+CLUSTER_CAP = DEMO_DATA["images_per_id"] + 2
 # A fixed grid for the baselines: on the demo's features it found a better floor than the candidates
 # derived from the labelled data (Infomap pairwise F at r_U/L 3: 0.44 vs 0.39).
 THRESHOLD_GRID = [round(0.5 + 0.02 * i, 2) for i in range(24)]
