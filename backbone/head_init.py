@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,7 +45,7 @@ def class_mean_embeddings(
         embedder.train(was_training)
     embeddings = torch.cat(chunks)
     labels = torch.from_numpy(rows.labels)
-    weights = torch.from_numpy(np.asarray(rows.weights, dtype=np.float32))
+    weights = torch.from_numpy(rows.weights)  # float32 [n]
     sums = torch.zeros(rows.num_classes, embeddings.shape[1]).index_add_(0, labels, embeddings * weights[:, None])
     plain = torch.zeros_like(sums).index_add_(0, labels, embeddings)
     weightless = sums.norm(dim=1) == 0
