@@ -54,14 +54,24 @@ def class_mean_embeddings(
 
 
 def imprint(head: MarginHead | TwoHeadMargin, centres: torch.Tensor) -> None:
-    """Copy class centres [C, D] into the head (two heads: rows 0..L-1 to the labelled one, the rest to the pseudo one)."""
+    """Copy class centres [C, D] into the head (two heads: rows 0..L-1 to the labelled one, the rest to
+    the pseudo one; with sub-centres, into each of a class's sub-centres)."""
     centres = centres.to(device=_weight(head).device, dtype=_weight(head).dtype)
+    if isinstance(head, TwoHeadMargin):
+        _fill(head.labelled, centres[: head.num_labelled])
+        _fill(head.pseudo, centres[head.num_labelled:])
+    else:
+        _fill(head, centres)
+
+
+def _fill(head: MarginHead, centres: torch.Tensor) -> None:
+    """Every sub-centre of a class starts at its centre; with several, each keeps its own small
+    random start on top, or they would stay equal (the max over equal cosines shares the gradient)."""
     with torch.no_grad():
-        if isinstance(head, TwoHeadMargin):
-            head.labelled.weight.copy_(centres[: head.num_labelled])
-            head.pseudo.weight.copy_(centres[head.num_labelled:])
-        else:
+        if head.sub_centres == 1:
             head.weight.copy_(centres)
+        else:
+            head.weight.view(len(centres), head.sub_centres, -1).add_(centres[:, None, :])
 
 
 def _weight(head: MarginHead | TwoHeadMargin) -> torch.Tensor:

@@ -21,6 +21,11 @@ plus a random subset of the others, ``ceil(sample_fraction * C)`` centres in all
 softmax costs a fraction of the full one (An et al., "Partial FC", 2021). Here the centre
 matrix itself is not sharded across processes.
 
+Sub-centres (``sub_centres`` = K > 1, Deng et al., "Sub-center ArcFace", ECCV 2020): each class
+has K centres and a row's cosine to the class is its largest cosine to them. A class that holds two
+people (a pseudo-label cluster that merged them) can then keep one centre for each instead of
+pulling both towards one point.
+
 Multi-task retraining (:class:`TwoHeadMargin`): one head for the labelled classes and one for
 the pseudo classes on a shared trunk, each row scored by its own set's head.
 """
@@ -94,6 +99,7 @@ class MarginHead(nn.Module):
         m: float | None = None,
         easy_margin: bool = False,
         sample_fraction: float = 1.0,
+        sub_centres: int = 1,
     ) -> None:
         super().__init__()
         if kind not in MARGINS:
@@ -102,16 +108,25 @@ class MarginHead(nn.Module):
             raise ConfigError(f"sample_fraction: must be in (0, 1], got {sample_fraction}")
         if num_classes < 2:
             raise ConfigError(f"num_classes: a margin softmax needs at least 2 classes, got {num_classes}")
+        if sub_centres < 1:
+            raise ConfigError(f"sub_centres: at least 1 centre per class, got {sub_centres}")
         self.kind, self.s, self.easy_margin = kind, float(s), easy_margin
         self.m = DEFAULT_MARGIN[kind] if m is None else float(m)
-        self.num_classes, self.sample_fraction = num_classes, sample_fraction
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim).normal_(0.0, 0.01))
+        self.num_classes, self.sample_fraction, self.sub_centres = num_classes, sample_fraction, sub_centres
+        # Rows c*K .. c*K + K-1 are class c's sub-centres.
+        self.weight = nn.Parameter(torch.empty(num_classes * sub_centres, embedding_dim).normal_(0.0, 0.01))
 
     def cosines(self, embeddings: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Cosine of each embedding to each (selected) class centre, in float32 even under autocast."""
-        centres = self.weight if class_ids is None else self.weight[class_ids]
+        """Cosine of each embedding to each (selected) class, the largest over its sub-centres, in
+        float32 even under autocast."""
+        k = self.sub_centres
+        if class_ids is None:
+            centres = self.weight
+        else:
+            centres = self.weight[(class_ids[:, None] * k + torch.arange(k, device=class_ids.device)).reshape(-1)]
         with torch.autocast(embeddings.device.type, enabled=False):
-            return F.linear(F.normalize(embeddings.float()), F.normalize(centres.float()))
+            cos = F.linear(F.normalize(embeddings.float()), F.normalize(centres.float()))
+        return cos if k == 1 else cos.view(len(cos), -1, k).amax(dim=2)
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Margin-applied scaled logits over all classes (no sampling)."""
@@ -174,10 +189,12 @@ class TwoHeadMargin(nn.Module):
         m: float | None = None,
         easy_margin: bool = False,
         sample_fraction: float = 1.0,
+        sub_centres: int = 1,
     ) -> None:
         super().__init__()
-        self.labelled = MarginHead(embedding_dim, labelled_classes, kind, s, m, easy_margin, sample_fraction)
-        self.pseudo = MarginHead(embedding_dim, pseudo_classes, kind, s, m, easy_margin, sample_fraction)
+        self.labelled = MarginHead(embedding_dim, labelled_classes, kind, s, m, easy_margin, sample_fraction,
+                                   sub_centres)
+        self.pseudo = MarginHead(embedding_dim, pseudo_classes, kind, s, m, easy_margin, sample_fraction, sub_centres)
         self.num_labelled = labelled_classes
         self.num_classes = labelled_classes + pseudo_classes
 

@@ -131,7 +131,8 @@ def _build(
         payload = load_checkpoint(source)
         require_same_architecture(config.model_config(), checkpoint_model_config(payload, source), source)
         load_embedder_state(embedder, payload["model"], source)
-    margin = (config.margin, config.s, config.resolved_m, config.easy_margin, config.sample_fraction)
+    margin = (config.margin, config.s, config.resolved_m, config.easy_margin, config.sample_fraction,
+              config.sub_centres)
     if config.heads == "multi":
         head = TwoHeadMargin(config.embedding_dim, *rows.head_classes, *margin)
     else:

@@ -33,6 +33,7 @@ class TrainConfig:
     m: float | None = None  # None: 0.5 for arcface, 0.35 for cosface
     easy_margin: bool = False
     sample_fraction: float = 1.0  # < 1: Partial-FC sampled softmax
+    sub_centres: int = 1  # > 1: sub-centre ArcFace / CosFace, K centres per class (backbone.margin)
     optimizer: str = "sgd"
     lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adamw
     momentum: float = 0.9
@@ -67,6 +68,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 2,
             "sample_fraction": 0.0 < self.sample_fraction <= 1.0,
+            "sub_centres": self.sub_centres >= 1,
             "aug_strength": 0.0 <= self.aug_strength <= 1.0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "lr": self.lr is None or self.lr > 0,

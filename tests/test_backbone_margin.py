@@ -107,8 +107,46 @@ def test_partial_fc_loss_equals_full_softmax_over_sampled_classes():
     )
 
 
+def test_a_class_cosine_is_the_largest_over_its_sub_centres_and_sampling_takes_all_of_them():
+    torch.manual_seed(0)
+    head = MarginHead(16, 30, sub_centres=3, sample_fraction=0.3)
+    embeddings, labels = torch.randn(5, 16), torch.randint(0, 30, (5,))
+    direct = _direct_cosines(head, embeddings).reshape(5, 30, 3).max(axis=2)
+    np.testing.assert_allclose(head.cosines(embeddings).detach().numpy(), direct, rtol=1e-5, atol=1e-6)
+    chosen, targets = sample_centres(labels, 30, 0.3, torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(head.cosines(embeddings, chosen).detach().numpy(), direct[:, chosen.numpy()],
+                               rtol=1e-5, atol=1e-6)
+    sampled = head(embeddings, labels, generator=torch.Generator().manual_seed(1))
+    full = head.logits(embeddings, labels)[:, chosen]
+    assert sampled.item() == pytest.approx(F.cross_entropy(full, targets).item(), rel=1e-5)
+
+
+def test_sub_centres_keep_one_centre_for_each_of_two_people_under_one_label():
+    """A class that holds two people (a merged cluster): one centre settles for a compromise, two
+    centres each take one person, so both people's rows end up closer to their class."""
+    torch.manual_seed(0)
+    people = F.normalize(torch.randn(4, 16), dim=1)  # class 0 = people 0 and 1; classes 1, 2 = people 2, 3
+    rows = F.normalize(people.repeat_interleave(20, 0) + 0.05 * torch.randn(80, 16), dim=1)
+    labels = torch.tensor([0] * 40 + [1] * 20 + [2] * 20)
+
+    def trained_cosines(sub_centres: int) -> torch.Tensor:
+        torch.manual_seed(1)
+        head = MarginHead(16, 3, s=16.0, m=0.2, sub_centres=sub_centres)
+        optimiser = torch.optim.SGD(head.parameters(), lr=0.5)
+        for _ in range(300):
+            optimiser.zero_grad()
+            head(rows, labels).backward()
+            optimiser.step()
+        return head.cosines(rows).detach()[:40, 0]
+
+    one, two = trained_cosines(1), trained_cosines(2)
+    for person in (slice(0, 20), slice(20, 40)):
+        assert two[person].mean() > one[person].mean() + 0.2
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"kind": "sphereface"}, {"sample_fraction": 0.0}, {"sample_fraction": 1.5}, {"num_classes": 1}]
+    "kwargs", [{"kind": "sphereface"}, {"sample_fraction": 0.0}, {"sample_fraction": 1.5}, {"num_classes": 1},
+               {"sub_centres": 0}]
 )
 def test_bad_head_parameters_are_refused(kwargs):
     params = {"embedding_dim": 8, "num_classes": 4, **kwargs}

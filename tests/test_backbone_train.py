@@ -21,7 +21,9 @@ from backbone.data.dataset import ManifestImageDataset
 from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
 from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip, extract_features
+from backbone.head_init import imprint
 from backbone.loader import make_loader
+from backbone.margin import MarginHead
 from backbone.model import ModelConfig, build_model
 from backbone.train import TrainingError, train_backbone
 from backbone.train_config import TrainConfig
@@ -203,6 +205,21 @@ def test_imprinted_head_starts_at_the_class_means_of_the_first_model(trained, sm
     assert losses["class_means"] < 0.5 * losses["random"], losses
     with pytest.raises(ConfigError, match="head_init: 'class_means' needs a starting model"):
         train_backbone(small_manifest, demo.parent, tmp_path / "scratch", replace(SHORT, head_init="class_means"))
+
+
+def test_sub_centre_heads_train_save_and_imprint_every_sub_centre(trained, small_manifest, demo, tmp_path):
+    model, _ = trained
+    out = train_backbone(small_manifest, demo.parent, tmp_path / "sub", replace(SHORT, epochs=1, sub_centres=3))
+    assert tuple(load_checkpoint(out)["margin"]["weight"].shape) == (8 * 3, SHORT.embedding_dim)
+    torch.manual_seed(0)
+    head = MarginHead(16, 4, sub_centres=3)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    imprint(head, centres)
+    starts = torch.nn.functional.normalize(head.weight.detach(), dim=1).view(4, 3, 16)
+    assert (starts @ centres[:, :, None]).squeeze(2).min() > 0.95  # every sub-centre starts at its class mean
+    assert (starts[:, 0] - starts[:, 1]).abs().max() > 1e-3  # and the three are not equal
+    with pytest.raises(ConfigError, match="sub_centres"):
+        replace(SHORT, sub_centres=0)
 
 
 # ----------------------------------------------------------------------------------------------
