@@ -207,8 +207,7 @@ def test_imprinted_head_starts_at_the_class_means_of_the_first_model(trained, sm
         train_backbone(small_manifest, demo.parent, tmp_path / "scratch", replace(SHORT, head_init="class_means"))
 
 
-def test_sub_centre_heads_train_save_and_imprint_every_sub_centre(trained, small_manifest, demo, tmp_path):
-    model, _ = trained
+def test_sub_centre_heads_train_save_and_imprint_every_sub_centre(small_manifest, demo, tmp_path):
     out = train_backbone(small_manifest, demo.parent, tmp_path / "sub", replace(SHORT, epochs=1, sub_centres=3))
     assert tuple(load_checkpoint(out)["margin"]["weight"].shape) == (8 * 3, SHORT.embedding_dim)
     torch.manual_seed(0)
