@@ -41,6 +41,7 @@ def sweep_threshold(
     partition: str = "union_find",
     max_size: int | None = None,
     seed: int = 0,
+    link_weight: str = "probability",
     candidates: int = COARSE_COUNT,
     refine: int = REFINE_COUNT,
 ) -> tuple[pd.DataFrame, float]:
@@ -49,7 +50,7 @@ def sweep_threshold(
     ``taus`` None: ``candidates`` quantiles of the link weights, then ``refine`` values around the
     best (``clustering.thresholds``), so any score range is searched well. The table has one row per
     tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau maximises the mean of
-    pairwise F and BCubed F (ties: the smallest tau).
+    pairwise F and BCubed F (ties: the smallest tau). ``link_weight``: see ``partition_links``.
     """
     labels = np.asarray(labels)
     if labels.shape != (n,):
@@ -59,7 +60,8 @@ def sweep_threshold(
 
     def score(thresholds: list[float]) -> list[dict]:
         return [
-            evaluate_partition(labels, partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed))
+            evaluate_partition(labels, partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size,
+                                                       seed=seed, link_weight=link_weight))
             for tau in thresholds
         ]
 
@@ -85,6 +87,7 @@ def tune_link_threshold(
     partition: str = "union_find",
     max_size: int | None = None,
     seed: int = 0,
+    link_weight: str = "probability",
     quick: bool = False,
 ) -> tuple[pd.DataFrame, float, dict[str, float]]:
     """Tau for a learned linkage from the links of the whole labelled set; (sweep table, tau, scores).
@@ -96,6 +99,7 @@ def tune_link_threshold(
     links score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of
     the held-out rows and of the whole set, each partitioned at the chosen tau. ``quick``: fewer
     candidates and a shorter refinement (per-epoch validation: each candidate is one partition).
+    ``link_weight``: how Infomap weighs the links (``partition_links``).
     """
     if tune_on not in TUNE_ON:
         raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
@@ -105,10 +109,10 @@ def tune_link_threshold(
     local = np.full(n, -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))
     inside = heldout[src] & heldout[dst]
-    search = {"partition": partition, "max_size": max_size, "seed": seed,
+    search = {"partition": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight,
               "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": QUICK_REFINE if quick else REFINE_COUNT}
     held_links = (local[src[inside]], local[dst[inside]], weight[inside])
-    partition_at = {"method": partition, "max_size": max_size, "seed": seed}
+    partition_at = {"method": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight}
     if tune_on == "heldout":
         table, tau = sweep_threshold(labels[rows], len(rows), *held_links, taus, **search)
         held_scores = table.loc[table["tau"] == tau].iloc[0]

@@ -15,6 +15,15 @@ from semiface.errors import ConfigError, DataError, reject_unknown
 
 PARTITION_METHODS = ("union_find", "infomap")
 INFOMAP_PARAMS = frozenset({"num_trials", "weight_power", "markov_time"})
+# How Infomap weighs a link of a learned model: its probability p, or its odds p / (1 - p).
+# Learned link probabilities crowd near 1, where p itself barely tells a sure link from a doubtful
+# one; the odds keep that order as weight. Measured with FaceT + Infomap (README, "Clustering on real
+# faces"): +0.8 points of pairwise F on average over three draws of the generated features, but 3 to
+# 7 points less on the real faces' dlib descriptors; so the learned methods default to the probability.
+LINK_WEIGHTS = ("probability", "odds")
+# Odds are capped at that of p = 0.9999: float32 probabilities reach 1 (infinite odds), and a few
+# links hundreds of times heavier than the rest would hold all of Infomap's flow.
+ODDS_CAP = 1e4
 
 
 def partition_links(
@@ -28,6 +37,7 @@ def partition_links(
     max_size: int | None = None,
     min_size: int = 1,
     seed: int = 0,
+    link_weight: str = "probability",
     **method_params: object,
 ) -> np.ndarray:
     """Cluster ids int64 [n] (-1 for clusters under ``min_size``) from links ``src``-``dst`` of ``weight``.
@@ -35,8 +45,13 @@ def partition_links(
     Only links with weight > ``tau`` are used. ``union_find``: connected components, where with
     ``max_size`` links are added by decreasing weight and merges past the cap are refused.
     ``infomap``: see ``infomap_partition`` (``method_params``: ``num_trials``, ``weight_power``,
-    ``markov_time``); modules over ``max_size`` are split by the capped union-find over their own links.
+    ``markov_time``), fed the weights as they are or, with ``link_weight="odds"``, weights in
+    [0, 1] as their odds (``infomap_weights``); modules over ``max_size`` are split by the capped
+    union-find over their own links. Union-find reads only the order of the weights, which the
+    odds keep, so ``link_weight`` does not change it.
     """
+    if link_weight not in LINK_WEIGHTS:
+        raise ConfigError(f"partition_links: link_weight must be one of {', '.join(LINK_WEIGHTS)}, got {link_weight!r}")
     weight = np.asarray(weight).reshape(-1)
     if len(weight) != len(np.asarray(src).reshape(-1)):
         raise DataError("links", f"{len(weight)} weights for {len(np.asarray(src).reshape(-1))} links")
@@ -47,11 +62,25 @@ def partition_links(
         return connected_components(n, src, dst, weight=weight, max_size=max_size, min_size=min_size)
     if method == "infomap":
         reject_unknown(method_params, INFOMAP_PARAMS, "partition_links(method='infomap')")
-        labels = infomap_partition(n, src, dst, weight, seed=seed, **method_params)  # type: ignore[arg-type]
+        flow = infomap_weights(weight, link_weight)
+        labels = infomap_partition(n, src, dst, flow, seed=seed, **method_params)  # type: ignore[arg-type]
         if max_size is not None:
             labels = _split_oversized(labels, src, dst, weight, max_size)
         return drop_small(labels, min_size)
     raise ConfigError(f"partition_links: unknown method {method!r}; available: {', '.join(PARTITION_METHODS)}")
+
+
+def infomap_weights(weight: np.ndarray, link_weight: str) -> np.ndarray:
+    """Infomap's link weights from link ``weight``: as they are (``probability``) or, for
+    probabilities in [0, 1], their odds p / (1 - p) capped at ``ODDS_CAP`` (``odds``)."""
+    if link_weight not in LINK_WEIGHTS:
+        raise ConfigError(f"link_weight must be one of {', '.join(LINK_WEIGHTS)}, got {link_weight!r}")
+    if link_weight == "probability":
+        return weight
+    weight = np.asarray(weight, dtype=np.float64)
+    if len(weight) and (weight.min() < 0 or weight.max() > 1):
+        raise DataError("links", f"odds need probabilities in [0, 1]; weights span [{weight.min():.4g}, {weight.max():.4g}]")
+    return np.minimum(weight / np.maximum(1.0 - weight, 1.0 / ODDS_CAP), ODDS_CAP)
 
 
 def infomap_partition(

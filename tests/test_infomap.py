@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from clustering.evaluate import sweep_threshold
-from clustering.partition import infomap_partition, partition_links
-from semiface.errors import ConfigError
+from clustering.partition import ODDS_CAP, infomap_partition, infomap_weights, partition_links
+from semiface.errors import ConfigError, DataError
 
 
 def planted(groups: int, size: int, p_in: float, p_out: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,6 +74,33 @@ def test_threshold_sweep_partitions_with_infomap():
     truth, src, dst, weight = planted(groups=6, size=20, p_in=0.4, p_out=0.01, seed=3)
     table, best = sweep_threshold(truth, len(truth), src, dst, weight, [0.0, 0.99], partition="infomap")
     assert best == 0.0 and table.loc[table["tau"] == 0.0, "pairwise_f"].item() > 0.95
+
+
+def test_odds_weights_tell_sure_links_from_doubtful_ones():
+    """Two groups of 10, sure inside (p 0.9999), doubtful across (p 0.99, every cross pair): as
+    weights the probabilities are nearly equal and Infomap sees one group; their odds (1e4 vs 99)
+    separate the two."""
+    truth = np.repeat([0, 1], 10)
+    src, dst = np.triu_indices(20, 1)
+    weight = np.where(truth[src] == truth[dst], 0.9999, 0.99)
+    as_probability = partition_links(20, src, dst, weight, method="infomap", tau=0.0)
+    as_odds = partition_links(20, src, dst, weight, method="infomap", tau=0.0, link_weight="odds")
+    assert len(np.unique(as_probability)) == 1
+    assert same_partition(as_odds, truth)
+    # union-find reads only the order, which the odds keep
+    np.testing.assert_array_equal(partition_links(20, src, dst, weight, tau=0.995, link_weight="odds"),
+                                  partition_links(20, src, dst, weight, tau=0.995))
+
+
+def test_odds_are_capped_and_need_probabilities():
+    odds = infomap_weights(np.array([0.0, 0.5, 0.9, 1.0]), "odds")
+    np.testing.assert_allclose(odds, [0.0, 1.0, 9.0, ODDS_CAP])
+    probabilities = np.array([0.2, 0.7])
+    assert infomap_weights(probabilities, "probability") is probabilities
+    with pytest.raises(DataError, match="odds need probabilities"):
+        infomap_weights(np.array([0.5, 1.5]), "odds")
+    with pytest.raises(ConfigError, match="link_weight"):
+        partition_links(2, np.array([0]), np.array([1]), np.ones(1), link_weight="logit")
 
 
 def test_bad_parameters_are_refused():

@@ -7,6 +7,7 @@ from typing import Any
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
+from clustering.partition import LINK_WEIGHTS
 from semiface.errors import ConfigError
 from semiface.training.settings import after_training
 
@@ -73,6 +74,8 @@ class ClusformerConfig:
     infer_batch_size: int = after_training(256)
     partition: str = after_training("union_find")
     link_rule: str = after_training("average")
+    # how Infomap weighs a link: its probability or its odds (clustering.partition.LINK_WEIGHTS)
+    infomap_weight: str = after_training("probability")
     tau: float | None = after_training(None)
     taus: tuple[float, ...] | None = after_training(None)  # None: quantiles of the validation link scores, refined
     # where tau is tuned: "heldout" (links between held-out identities) or "all" (see FaceTConfig)
@@ -90,6 +93,7 @@ class ClusformerConfig:
         _check_choice("encoding", self.encoding, ENCODINGS)
         _check_choice("link_rule", self.link_rule, LINK_RULES)
         _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("infomap_weight", self.infomap_weight, LINK_WEIGHTS)
         _check_choice("tune_on", self.tune_on, ("heldout", "all"))
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")

@@ -83,6 +83,7 @@ class Clusformer(Clusterer):
         infer_batch_size: int | None = None,
         partition: str | None = None,
         link_rule: str | None = None,
+        infomap_weight: str | None = None,
         tau: float | None = None,
         taus: tuple[float, ...] | list[float] | None = None,
         tune_on: str | None = None,
@@ -177,7 +178,8 @@ class Clusformer(Clusterer):
         ids, probs = predict_sequences(model, features, knn, cfg, device)
         src, dst, weight = undirected_links(len(features), ids, probs, cfg.link_rule)
         return tune_link_threshold(labels, heldout, src, dst, weight, cfg.taus, tune_on=cfg.tune_on,
-                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed, quick=quick)
+                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed,
+                                   link_weight=cfg.infomap_weight, quick=quick)
 
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
@@ -195,7 +197,7 @@ class Clusformer(Clusterer):
         ids, probs = predict_sequences(model, features, knn, cfg, device, progress=self.progress)
         src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)
         labels = partition_links(
-            n, src, dst, weight, method=cfg.partition, tau=self.tau_,
+            n, src, dst, weight, method=cfg.partition, tau=self.tau_, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed,
         )
         confidence = link_confidence(labels, src, dst, weight)

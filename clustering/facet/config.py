@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.links import LINK_RULES
+from clustering.partition import LINK_WEIGHTS
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.settings import after_training
 
@@ -73,6 +74,8 @@ class FaceTConfig:
     # "tuned": each rule is tuned on the labelled tune slice like tau (epochs are scored with
     # "average") and the one with the best tune score is kept (``FaceT.link_rule_``).
     link_rule: str = after_training("average")
+    # How Infomap weighs a link: its probability or its odds (clustering.partition.LINK_WEIGHTS).
+    infomap_weight: str = after_training("probability")
     tau: float | None = after_training(None)  # link threshold; None = the one tuned on the validation slice
     max_cluster_size: int | None = after_training(None)
     min_cluster_size: int = after_training(1)
@@ -124,6 +127,7 @@ class FaceTConfig:
             (self.edge_embedding in EDGE_EMBEDDINGS, f"edge_embedding must be one of {EDGE_EMBEDDINGS}, got {self.edge_embedding!r}"),
             (self.loss_weighting in LOSS_WEIGHTINGS, f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"),
             (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
+            (self.infomap_weight in LINK_WEIGHTS, f"infomap_weight must be one of {LINK_WEIGHTS}, got {self.infomap_weight!r}"),
             (self.tune_on in ("heldout", "all"), f"tune_on must be heldout or all, got {self.tune_on!r}"),
             (self.link_rule in (*LINK_RULES, TUNED_RULE),
              f"link_rule must be one of {(*LINK_RULES, TUNED_RULE)}, got {self.link_rule!r}"),

@@ -168,7 +168,7 @@ class FaceT(Clusterer):
         src, dst, prob = self.predict_links(features, knn)
         labels = partition_links(
             len(features), src, dst, prob, method=cfg.partition, tau=self.tau,
-            max_size=cfg.max_cluster_size, min_size=cfg.min_cluster_size, seed=cfg.seed,
+            max_size=cfg.max_cluster_size, min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
         )
         self.confidence_ = link_confidence(labels, src, dst, prob)
         return labels
@@ -255,7 +255,7 @@ class _Validator:
         src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus) if taus else 0.0)
         frame, best_tau, scores = tune_link_threshold(
             self.labels, self.heldout, src, dst, prob, taus, tune_on=cfg.tune_on, partition=cfg.partition,
-            max_size=cfg.max_cluster_size, seed=cfg.seed, quick=quick,
+            max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=quick,
         )
         self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
         tuned_on = "all" if cfg.tune_on == "all" else "heldout"
