@@ -86,11 +86,24 @@ def stage_key(spec: StageSpec) -> str:
     document = {
         "stage": spec.stage,
         "params": spec.params,
-        "upstream": {r.stage: r.key for r in spec.upstream},
+        "upstream": upstream_keys(spec.upstream),
         "external": {name: fingerprint_path(path) for name, path in sorted(spec.external.items())},
         "code": code_fingerprint(spec.code),
     }
     return _sha256_text(_canonical(document))
+
+
+def upstream_keys(upstream: Iterable[StageResult]) -> dict[str, str]:
+    """Stage name -> key of each upstream result; a second result of the same stage (two kNN graphs,
+    say) is named ``<stage>#2``, so that every one of them is in the key."""
+    keys: dict[str, str] = {}
+    for result in upstream:
+        name, count = result.stage, 1
+        while name in keys:
+            count += 1
+            name = f"{result.stage}#{count}"
+        keys[name] = result.key
+    return keys
 
 
 def code_fingerprint(sources: Iterable[str]) -> str:
@@ -244,7 +257,7 @@ class StageStore:
                     "seconds": round(seconds, 3),
                     "params": spec.params,
                     "runtime": spec.runtime,
-                    "upstream": {r.stage: r.key for r in spec.upstream},
+                    "upstream": upstream_keys(spec.upstream),
                     "external": dict(spec.external),
                     "code": list(spec.code),
                     "outputs": recorded,

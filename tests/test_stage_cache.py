@@ -46,5 +46,9 @@ def test_parameters_upstream_and_refresh(tmp_path) -> None:
     downstream = StageSpec("next", {}, upstream=(first,))
     changed = StageSpec("next", {}, upstream=(store.run(StageSpec("toy", {"a": 2}), compute),))
     assert stage_key(downstream) != stage_key(changed)  # another upstream output
+    one, two = first, store.run(StageSpec("toy", {"a": 2}), compute)
+    both = stage_key(StageSpec("next", {}, upstream=(one, two)))  # two results of one stage: both count
+    assert both != stage_key(StageSpec("next", {}, upstream=(two, two)))
+    assert both != stage_key(StageSpec("next", {}, upstream=(one, one)))
     again = store.run(StageSpec("toy", {"a": 1}), compute, refresh=True)
     assert not again.cached and again.summary["n"] == len(calls) == 3
