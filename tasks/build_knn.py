@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 
+from clustering.clusterer_holdout import clusterer_holdout_mask
 from clustering.knn import build_knn
-from clustering.pseudo_labels import clusterer_holdout_mask, sample_unlabelled
+from clustering.pseudo_labels import sample_unlabelled
 from semiface.atomic import save_npy
 from semiface.features import load_features
 from semiface.manifest import read_manifest
@@ -42,7 +43,7 @@ def build_knn_task(
     if holdout and subset == "labelled":
         params["clusterer_holdout"] = holdout
     spec = StageSpec("build_knn", params, (data, features),
-                     code=("clustering/knn.py", "clustering/pseudo_labels.py", "semiface", "tasks/build_knn.py"),
+                     code=("clustering/knn.py", "clustering/clusterer_holdout.py", "clustering/pseudo_labels.py", "semiface", "tasks/build_knn.py"),
                      runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -42,7 +42,7 @@ def run_training(
     if holdout:
         params["clusterer_holdout"] = {"share": holdout, "seed": seed}
     spec = StageSpec(stage, params, upstream,
-                     code=(*CODE, code_file, "clustering/pseudo_labels.py"),
+                     code=(*CODE, code_file, "clustering/clusterer_holdout.py"),
                      runtime={"device": ctx.device, "num_workers": ctx.num_workers})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -60,7 +60,7 @@ def run_training(
 
         source = manifest.path("manifest") if manifest else data.path("manifest")
         if holdout:
-            from clustering.pseudo_labels import clusterer_holdout_mask, without_rows
+            from clustering.clusterer_holdout import clusterer_holdout_mask, without_rows
             from semiface.manifest import read_manifest, write_manifest
 
             frame = read_manifest(source)
