@@ -46,7 +46,7 @@ def partition_links(
     ``max_size`` links are added by decreasing weight and merges past the cap are refused.
     ``infomap``: see ``infomap_partition`` (``method_params``: ``num_trials``, ``weight_power``,
     ``markov_time``), fed the weights as they are or, with ``link_weight="odds"``, weights in
-    [0, 1] as their odds (``infomap_weights``); modules over ``max_size`` are split by the capped
+    [0, 1] as their odds (``link_odds``); modules over ``max_size`` are split by the capped
     union-find over their own links. Union-find reads only the order of the weights, which the
     odds keep, so ``link_weight`` does not change it.
     """
@@ -62,7 +62,7 @@ def partition_links(
         return connected_components(n, src, dst, weight=weight, max_size=max_size, min_size=min_size)
     if method == "infomap":
         reject_unknown(method_params, INFOMAP_PARAMS, "partition_links(method='infomap')")
-        flow = infomap_weights(weight, link_weight)
+        flow = link_odds(weight) if link_weight == "odds" else weight
         labels = infomap_partition(n, src, dst, flow, seed=seed, **method_params)  # type: ignore[arg-type]
         if max_size is not None:
             labels = _split_oversized(labels, src, dst, weight, max_size)
@@ -70,17 +70,13 @@ def partition_links(
     raise ConfigError(f"partition_links: unknown method {method!r}; available: {', '.join(PARTITION_METHODS)}")
 
 
-def infomap_weights(weight: np.ndarray, link_weight: str) -> np.ndarray:
-    """Infomap's link weights from link ``weight``: as they are (``probability``) or, for
-    probabilities in [0, 1], their odds p / (1 - p) capped at ``ODDS_CAP`` (``odds``)."""
-    if link_weight not in LINK_WEIGHTS:
-        raise ConfigError(f"link_weight must be one of {', '.join(LINK_WEIGHTS)}, got {link_weight!r}")
-    if link_weight == "probability":
-        return weight
-    weight = np.asarray(weight, dtype=np.float64)
-    if len(weight) and (weight.min() < 0 or weight.max() > 1):
-        raise DataError("links", f"odds need probabilities in [0, 1]; weights span [{weight.min():.4g}, {weight.max():.4g}]")
-    return np.minimum(weight / np.maximum(1.0 - weight, 1.0 / ODDS_CAP), ODDS_CAP)
+def link_odds(probability: np.ndarray) -> np.ndarray:
+    """Odds p / (1 - p) of link probabilities in [0, 1], capped at ``ODDS_CAP``: float64."""
+    probability = np.asarray(probability, dtype=np.float64)
+    if len(probability) and (probability.min() < 0 or probability.max() > 1):
+        raise DataError("links", f"odds need probabilities in [0, 1]; weights span "
+                                 f"[{probability.min():.4g}, {probability.max():.4g}]")
+    return np.minimum(probability / np.maximum(1.0 - probability, 1.0 / ODDS_CAP), ODDS_CAP)
 
 
 def infomap_partition(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clustering.evaluate import sweep_threshold
-from clustering.partition import ODDS_CAP, infomap_partition, infomap_weights, partition_links
+from clustering.partition import ODDS_CAP, infomap_partition, link_odds, partition_links
 from semiface.errors import ConfigError, DataError
 
 
@@ -93,12 +93,9 @@ def test_odds_weights_tell_sure_links_from_doubtful_ones():
 
 
 def test_odds_are_capped_and_need_probabilities():
-    odds = infomap_weights(np.array([0.0, 0.5, 0.9, 1.0]), "odds")
-    np.testing.assert_allclose(odds, [0.0, 1.0, 9.0, ODDS_CAP])
-    probabilities = np.array([0.2, 0.7])
-    assert infomap_weights(probabilities, "probability") is probabilities
+    np.testing.assert_allclose(link_odds(np.array([0.0, 0.5, 0.9, 1.0])), [0.0, 1.0, 9.0, ODDS_CAP])
     with pytest.raises(DataError, match="odds need probabilities"):
-        infomap_weights(np.array([0.5, 1.5]), "odds")
+        partition_links(2, np.array([0]), np.array([1]), np.array([1.5]), method="infomap", tau=0.0, link_weight="odds")
     with pytest.raises(ConfigError, match="link_weight"):
         partition_links(2, np.array([0]), np.array([1]), np.ones(1), link_weight="logit")
 
