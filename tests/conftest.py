@@ -48,6 +48,27 @@ def killed_after_steps(monkeypatch):
 
 
 @pytest.fixture
+def link_weights_seen(monkeypatch) -> list[str]:
+    """The ``link_weight`` of every ``partition_links`` call made by the tau search and by FaceT's
+    and Clusformer's clustering (the real function still runs)."""
+    import clustering.evaluate
+    import clustering.facet.method
+    import clustering.partition
+
+    real = clustering.partition.partition_links
+    seen: list[str] = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("link_weight", "probability"))
+        return real(*args, **kwargs)
+
+    # evaluate and facet.method import the function; Clusformer imports it from its module when called
+    for module in (clustering.evaluate, clustering.facet.method, clustering.partition):
+        monkeypatch.setattr(module, "partition_links", spy)
+    return seen
+
+
+@pytest.fixture
 def face_folders(tmp_path) -> tuple[Path, Path, Path]:
     """Generated faces as folders under ``tmp_path / "data"``: faces/<identity>/<image> to train on (10
     people, 4 images each) and, in the MegaFace Challenge 1 layout, facescrub/<identity>/<image> probes (3

@@ -233,26 +233,14 @@ def test_drop_below_removes_low_confidence_members():
     np.testing.assert_array_equal(dropped[dropped >= 0], kept[dropped >= 0])
 
 
-def test_infomap_weight_reaches_the_tau_search_and_the_partition(monkeypatch):
+def test_infomap_weight_reaches_the_tau_search_and_the_partition(link_weights_seen):
     """``infomap_weight="odds"`` is used where tau is tuned and where the set is clustered."""
-    import clustering.evaluate
-    import clustering.partition
-
-    real = clustering.partition.partition_links
-    seen: list[str] = []
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("link_weight", "probability"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(clustering.evaluate, "partition_links", spy)
-    monkeypatch.setattr(clustering.partition, "partition_links", spy)  # fit_predict imports it when called
     feats, labels = _blobs(16, 8, spread=0.8)
     method = _small_method("clusformer+infomap", epochs=1, infomap_weight="odds").fit(feats, labels)
-    tuning = len(seen)
+    tuning = len(link_weights_seen)
     test_feats, _ = _blobs(10, 8, spread=0.8, seed=5)
     method.fit_predict(test_feats, build_knn(test_feats, 10))
-    assert tuning > 0 and len(seen) == tuning + 1 and set(seen) == {"odds"}
+    assert tuning > 0 and len(link_weights_seen) == tuning + 1 and set(link_weights_seen) == {"odds"}
     with pytest.raises(ConfigError, match="infomap_weight"):
         make_method("clusformer", infomap_weight="logit")
 

@@ -213,27 +213,15 @@ def test_facet_with_infomap_partition_clusters_separable_identities() -> None:
     assert evaluate_partition(test_labels, predicted)["pairwise_f"] > 0.85
 
 
-def test_infomap_weight_reaches_the_tau_search_and_the_partition(monkeypatch) -> None:
+def test_infomap_weight_reaches_the_tau_search_and_the_partition(link_weights_seen) -> None:
     """``infomap_weight="odds"``: the links are weighed by their odds both where tau is tuned and
-    where the set is clustered (spies on the partition calls of both)."""
-    import clustering.evaluate
-    import clustering.facet.method
-    from clustering.partition import partition_links
-
-    seen: list[str] = []
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("link_weight", "probability"))
-        return partition_links(*args, **kwargs)
-
-    monkeypatch.setattr(clustering.evaluate, "partition_links", spy)
-    monkeypatch.setattr(clustering.facet.method, "partition_links", spy)
+    where the set is clustered."""
     features, labels = blobs(12, 8, noise=0.3)
     method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25, infomap_weight="odds")
     method.fit(features, labels)
-    tuning = len(seen)
+    tuning = len(link_weights_seen)
     method.fit_predict(*blobs(10, 8, noise=0.3, seed=5)[:1], None)
-    assert tuning > 0 and len(seen) == tuning + 1 and set(seen) == {"odds"}
+    assert tuning > 0 and len(link_weights_seen) == tuning + 1 and set(link_weights_seen) == {"odds"}
     with pytest.raises(ConfigError, match="infomap_weight must be one of"):
         make_method("facet", infomap_weight="logit")
 
