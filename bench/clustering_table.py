@@ -102,17 +102,20 @@ def dlib_case(features_dir: Path, methods: tuple[str, ...], seed: int = 0) -> di
                 split.unlabelled_labels)
 
 
-def backbone_case(data_dir: Path, cache_dir: Path, methods: tuple[str, ...], backbone_epochs: int | None = None) -> dict:
+def backbone_case(data_dir: Path | None, cache_dir: Path | None, methods: tuple[str, ...],
+                  backbone_epochs: int | None = None) -> dict:
     """The harness on features of the real folders from a CPU-trained backbone (backbone / labelled /
-    unlabelled parts by identity); ``backbone_epochs`` overrides the recipe's epochs (another cache entry)."""
+    unlabelled parts by identity); ``backbone_epochs`` overrides the recipe's epochs (another cache entry).
+    ``None`` folders take ``bench.real_face_features``' defaults."""
     from dataclasses import replace
 
-    from bench.real_face_features import RealFaceConfig, real_face_features
+    # Imported here: it trains a backbone (albumentations), which the other tables never need.
+    from bench.real_face_features import DEFAULT_CACHE, DEFAULT_DATA, RealFaceConfig, real_face_features
 
     config = RealFaceConfig()
     if backbone_epochs is not None:
         config = replace(config, backbone=replace(config.backbone, epochs=backbone_epochs))
-    feats = real_face_features(data_dir, cache_dir, config, progress=True)
+    feats = real_face_features(data_dir or DEFAULT_DATA, cache_dir or DEFAULT_CACHE, config, progress=True)
     title = (f"Real face folders, features of a {config.backbone.trunk} backbone trained {config.backbone.epochs} "
              f"epochs on CPU: fitted on {len(np.unique(feats.labelled_labels))} labelled identities "
              f"({len(feats.labelled_labels)} images), clustering {len(np.unique(feats.unlabelled_labels))} unseen "
@@ -123,7 +126,6 @@ def backbone_case(data_dir: Path, cache_dir: Path, methods: tuple[str, ...], bac
 
 def main(argv: list[str] | None = None) -> None:
     from bench.dlib_features import DEFAULT_FEATURES
-    from bench.real_face_features import DEFAULT_CACHE, DEFAULT_DATA
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-real", action="store_true", help="skip the dlib features of the real faces")
     parser.add_argument("--backbone-real", action="store_true",
                         help="also cluster features of the real folders from a CPU-trained backbone")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding lfw/, yale_b/, orl/ (--backbone-real)")
-    parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="backbone feature cache (--backbone-real)")
+    parser.add_argument("--data", type=Path, help="folder holding lfw/, yale_b/, orl/ (--backbone-real; default ../shared/data)")
+    parser.add_argument("--cache", type=Path, help="backbone feature cache (--backbone-real; default bench/results/real_faces)")
     parser.add_argument("--real-backbone-epochs", type=int, help="epochs of the --backbone-real backbone")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 when the 2 cores are shared)")
     args = parser.parse_args(argv)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         report["real"] = dlib_case(features_dir, methods, args.seed)
     if args.backbone_real:
-        report["backbone_real"] = backbone_case(Path(args.data), Path(args.cache), methods, args.real_backbone_epochs)
+        report["backbone_real"] = backbone_case(args.data, args.cache, methods, args.real_backbone_epochs)
     report["seconds"] = time.perf_counter() - started
     save_json(RESULTS, report)
     print(f"\nwrote {RESULTS} ({report['seconds']:.0f} s)")

@@ -59,3 +59,12 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, without_
     stages = {row["stage"]: row for row in json.loads(out.read_text())["stages"]}
     assert stages["knn"]["status"].startswith("failed") and "faiss" in stages["knn"]["status"]
     assert stages["identification"]["status"] == "ok"
+
+
+def test_clustering_table_starts_without_albumentations(without_orchestration_packages) -> None:
+    """The clustering bench runs on the GPU machine: only --backbone-real (which trains a backbone) needs
+    albumentations, so the other tables must not import it (a bug found on the first GPU run)."""
+    done = subprocess.run([sys.executable, "-m", "bench.clustering_table", "--help"], cwd=REPO_ROOT,
+                          env=without_orchestration_packages, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--backbone-real" in done.stdout
