@@ -170,7 +170,8 @@ def semi_supervised(
     ``refresh``: stages to recompute although cached (e.g. ``["evaluate"]``; see ``STAGES``).
     ``eval_set``: evaluate on the MegaFace Challenge 1 layout instead of the source's probe / distractor
     split: ``{"probes": FaceScrub folder (<identity>/<image>) or devkit list, "distractors": MegaFace
-    folder or list, "probe_root" / "distractor_root": the folders a list's paths are under}``. The
+    folder or list, "probe_root" / "distractor_root": the folders a list's paths are under,
+    "probe_noise" / "distractor_noise": lists of images to drop, the cleaned protocol}``. The
     folder / recordio sources then default to probe and distractor shares of 0.
     ``clusterer_holdout``: a share of the labelled identities kept out of the first backbone's
     training and used alone to fit the clusterer, so that its thresholds are tuned on people the

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     megaface.add_argument("--distractor-list", type=Path, help="distractor list: devkit JSON (path) or a path a line")
     megaface.add_argument("--distractor-features", type=Path, help=".npy in list order, or a devkit feature folder")
     megaface.add_argument("--feature-suffix", default="", help="devkit feature file suffix, e.g. _arcface.bin")
+    megaface.add_argument("--probe-noise", type=Path, help="probe images to drop, one a line (e.g. facescrub_noises.txt)")
+    megaface.add_argument("--distractor-noise", type=Path, help="distractor images to drop (e.g. megaface_noises.txt)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES), help="e.g. 10 100 1K 1M"
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ((args.features and args.manifest) or all(lists)) or (args.features or args.manifest) and any(lists):
         parser.error("give --features and --manifest, or the four MegaFace options --probe-list, --probe-features, "
                      "--distractor-list and --distractor-features")
+    if args.features and (args.probe_noise or args.distractor_noise):
+        parser.error("--probe-noise and --distractor-noise go with the MegaFace options, not --features/--manifest")
     train = None
     try:
         if args.train_identities is not None:
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.features:
             summary = evaluate(args.features, args.manifest, args.out, **options)
         else:
-            summary = evaluate_megaface_features(*lists, args.out, suffix=args.feature_suffix, **options)
+            summary = evaluate_megaface_features(*lists, args.out, suffix=args.feature_suffix, probe_noise=args.probe_noise,
+                                                 distractor_noise=args.distractor_noise, **options)
     except (SemifaceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,11 @@ devkit list (``facescrub_features_list.json``: ``{"path": [...], "id": [...]}``,
 image under it, at any depth), or a list (the devkit's ``megaface_features_list.json_1000000_1``:
 ``{"path": [...]}``, or a text file with one path a line) relative to ``distractor_root``.
 
+Noise lists (the cleaned protocol most papers report since ArcFace: the devkit's mislabelled FaceScrub
+images and the MegaFace distractors that are in fact FaceScrub people, e.g. InsightFace's
+``facescrub_noises.txt`` / ``megaface_noises.txt``): ``read_noise_list`` and ``noise_mask`` drop the
+listed images from either set, before anything is extracted or scored.
+
 Precomputed features of those images: one ``.npy`` [N, D] in list order, or the devkit's one file per
 image, ``<folder>/<image path><suffix>`` (e.g. ``_arcface.bin``: four int32 -- rows, cols, element size,
 type 5 = float32 -- then the floats).
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +104,67 @@ def list_distractors(distractors: str | Path, distractor_root: str | Path | None
     return frame["path"].tolist(), image_root(distractors, distractor_root, "distractor_root")
 
 
+def read_noise_list(path: str | Path) -> set[str]:
+    """The images a noise list names: one a line, relative to the set's root, or a bare file name
+    (matched by name); blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "noise list not found")
+    entries = {_normalised(line) for line in path.read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.lstrip().startswith("#")}
+    if not entries:
+        raise DataError(path, "empty noise list")
+    return entries
+
+
+def noise_mask(paths: list[str], noise: set[str], noise_list: str | Path) -> np.ndarray:
+    """True for each of ``paths`` that the noise list ``noise`` (read from ``noise_list``) names, by its
+    relative path or, for an entry without a folder, by its file name. A list that names none of the
+    paths is refused: it belongs to another set or another root, and dropping nothing would go unnoticed."""
+    by_path = {entry for entry in noise if "/" in entry}
+    by_name = noise - by_path
+    normalised = [_normalised(p) for p in paths]
+    mask = np.fromiter((p in by_path or p.rsplit("/", 1)[-1] in by_name for p in normalised), bool, len(paths))
+    if len(paths) and not mask.any():
+        example = next(iter(sorted(noise)))
+        raise DataError(noise_list, f"none of its {len(noise)} entries (e.g. {example!r}) is among the "
+                                    f"{len(paths)} images of this set (e.g. {normalised[0]!r}): wrong list or root?")
+    return mask
+
+
+@dataclass(frozen=True)
+class NoiseDrop:
+    """A probe frame and a distractor list less the images their noise lists name."""
+
+    probes: pd.DataFrame
+    distractors: list[str]
+    probe_keep: np.ndarray  # bool, one per row given
+    distractor_keep: np.ndarray
+
+    @property
+    def removed(self) -> dict[str, int]:
+        return {"probe": int((~self.probe_keep).sum()), "distractor": int((~self.distractor_keep).sum())}
+
+
+def drop_noise(probes: pd.DataFrame, distractors: list[str], probe_noise: str | Path | None = None,
+               distractor_noise: str | Path | None = None) -> NoiseDrop:
+    """``probes`` (``path``, ``identity``) and ``distractors`` less what each noise list (if given) names."""
+
+    def keep(paths: list[str], noise_list: str | Path | None) -> np.ndarray:
+        if noise_list is None:
+            return np.ones(len(paths), dtype=bool)
+        return ~noise_mask(paths, read_noise_list(noise_list), noise_list)
+
+    probe_keep, distractor_keep = keep(probes["path"].tolist(), probe_noise), keep(distractors, distractor_noise)
+    return NoiseDrop(probes[probe_keep].reset_index(drop=True),
+                     [path for path, k in zip(distractors, distractor_keep, strict=True) if k], probe_keep, distractor_keep)
+
+
+def _normalised(path: str) -> str:
+    path = path.strip().replace("\\", "/")
+    return path[2:] if path.startswith("./") else path
+
+
 def megaface_manifest(probes: pd.DataFrame, distractors: list[str]) -> pd.DataFrame:
     """Probe rows then distractor rows, paths under ``probes/`` and ``distractors/`` (see module doc)."""
     frame = pd.concat([
@@ -163,8 +230,10 @@ def read_devkit_feature(path: Path) -> np.ndarray:
 
 def evaluate_megaface_features(probe_list: str | Path, probe_features: str | Path, distractor_list: str | Path,
                                distractor_features: str | Path, out_dir: str | Path, suffix: str = "",
+                               probe_noise: str | Path | None = None, distractor_noise: str | Path | None = None,
                                **options: Any) -> dict[str, Any]:
-    """Identification of precomputed FaceScrub features against precomputed MegaFace distractor features.
+    """Identification of precomputed FaceScrub features against precomputed MegaFace distractor features,
+    less the images the noise lists name (their counts go in the summary as ``noise_removed``).
 
     ``options`` go to ``recognition_eval.report.evaluate`` (sizes, seed, device, ...).
     """
@@ -172,12 +241,22 @@ def evaluate_megaface_features(probe_list: str | Path, probe_features: str | Pat
 
     probes = read_image_list(probe_list, with_identities=True)
     distractors = read_image_list(distractor_list, with_identities=False)["path"].tolist()
-    probe_x = load_listed_features(probe_features, probes["path"].tolist(), suffix)
-    distractor_x = load_listed_features(distractor_features, distractors, suffix)
+    kept = drop_noise(probes, distractors, probe_noise, distractor_noise)
+    probe_x = _kept_features(probe_features, probes["path"].tolist(), suffix, kept.probe_keep)
+    distractor_x = _kept_features(distractor_features, distractors, suffix, kept.distractor_keep)
     if probe_x.shape[1] != distractor_x.shape[1]:
         raise DataError(distractor_features, f"{distractor_x.shape[1]} feature columns, the probes have {probe_x.shape[1]}")
     features = np.concatenate([np.asarray(probe_x, np.float32), np.asarray(distractor_x, np.float32)])
-    return evaluate(features, megaface_manifest(probes, distractors), out_dir, **options)
+    summary = evaluate(features, megaface_manifest(kept.probes, kept.distractors), out_dir, **options)
+    return {**summary, "noise_removed": kept.removed}
+
+
+def _kept_features(source: str | Path, paths: list[str], suffix: str, keep: np.ndarray) -> np.ndarray:
+    """``load_listed_features`` rows of the kept paths (the devkit files of dropped images are not read)."""
+    if Path(source).is_dir():
+        return load_listed_features(source, [path for path, k in zip(paths, keep, strict=True) if k], suffix)
+    features = load_listed_features(source, paths, suffix)
+    return features if keep.all() else np.asarray(features[keep])
 
 
 def image_root(source: str | Path, root: str | Path | None, name: str) -> Path:

@@ -19,8 +19,9 @@ from tasks.common import StageContext, execute
 from tasks.stage_cache import StageResult, StageSpec
 
 # probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
-# the roots: where a list's paths are relative to (only with a list).
-EVAL_SET_KEYS = ("probes", "distractors", "probe_root", "distractor_root")
+# the roots: where a list's paths are relative to (only with a list); the noise lists: images to drop
+# (the cleaned protocol, recognition_eval.megaface.read_noise_list).
+EVAL_SET_KEYS = ("probes", "distractors", "probe_root", "distractor_root", "probe_noise", "distractor_noise")
 # Under run_dir, one folder per evaluation set: links to its probe and distractor roots, remade every run.
 LINK_FOLDER = "eval-images"
 
@@ -48,7 +49,7 @@ def image_roots(inputs: dict[str, Path]) -> dict[str, Path]:
       retries=1, retry_delay_seconds=5)
 def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResult:
     """The evaluation manifest (probe rows, then distractor rows); cached on the inputs' fingerprints."""
-    from recognition_eval.megaface import list_distractors, list_probes, megaface_manifest
+    from recognition_eval.megaface import drop_noise, list_distractors, list_probes, megaface_manifest
 
     inputs = eval_set_inputs(eval_set)
     spec = StageSpec("prepare_eval", {}, (), {name: str(path) for name, path in inputs.items()},
@@ -57,16 +58,19 @@ def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResul
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         probes, _ = list_probes(inputs["probes"], inputs.get("probe_root"))
         distractors, _ = list_distractors(inputs["distractors"], inputs.get("distractor_root"))
-        manifest = write_manifest(megaface_manifest(probes, distractors), folder / "manifest.parquet")
+        kept = drop_noise(probes, distractors, inputs.get("probe_noise"), inputs.get("distractor_noise"))
+        manifest = write_manifest(megaface_manifest(kept.probes, kept.distractors), folder / "manifest.parquet")
         return {"manifest": manifest}, {
-            "images": {"probe": len(probes), "distractor": len(distractors)},
-            "identities": {"probe": int(probes["identity"].nunique()), "distractor": len(distractors)},
+            "images": {"probe": len(kept.probes), "distractor": len(kept.distractors)},
+            "identities": {"probe": int(kept.probes["identity"].nunique()), "distractor": len(kept.distractors)},
+            "noise_removed": kept.removed,
         }
 
     def report(result: StageResult) -> str:
         s = result.summary
-        rows = [{"set": name, "images": s["images"][name], "identities": s["identities"][name]}
-                for name in ("probe", "distractor")]
+        removed = s.get("noise_removed", {})  # absent from summaries cached before the noise lists
+        rows = [{"set": name, "images": s["images"][name], "identities": s["identities"][name],
+                 "removed as noise": removed.get(name, 0)} for name in ("probe", "distractor")]
         return f"MegaFace-layout evaluation set: `{result.outputs['manifest']}`\n\n" + markdown_table(rows)
 
     return execute(ctx, spec, compute, report)

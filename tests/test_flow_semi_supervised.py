@@ -299,6 +299,20 @@ def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_
     assert again.result()["rank1_before"] == summary["rank1_before"]  # the same images, read from the new place
     states = task_states(again.state_details.flow_run_id)
     assert states["prepare-data"] == states["prepare-eval-set"] == ["Cached"]
+
+    noise = tmp_path / "megaface_noises.txt"  # the cleaned protocol: 5 distractors and one probe image dropped
+    distractor_paths = sorted(p.relative_to(moved / "megaface" / "FlickrFinal2").as_posix()
+                              for p in (moved / "megaface" / "FlickrFinal2").rglob("*.png"))
+    probe_image = sorted((moved / "facescrub").rglob("*.png"))[0]
+    noise.write_text("\n".join(distractor_paths[:5]) + "\n")
+    (tmp_path / "facescrub_noises.txt").write_text(probe_image.relative_to(moved / "facescrub").as_posix() + "\n")
+    cleaned = semi_supervised(
+        run_dir=str(run_dir), data_path=str(moved / "faces"), **params, return_state=True,
+        eval_set={"probes": str(moved / "facescrub"), "distractors": str(moved / "megaface" / "FlickrFinal2"),
+                  "distractor_noise": str(noise), "probe_noise": str(tmp_path / "facescrub_noises.txt")})
+    results = json.loads(Path(cleaned.result()["results_before"]).read_text())
+    assert results["inputs"]["n_probe_rows"] == 11 and results["inputs"]["n_distractor_rows"] == 15
+    assert task_states(cleaned.state_details.flow_run_id)["prepare-eval-set"] == ["Completed"]
     with pytest.raises(ConfigError, match="eval_set: unknown parameter"):
         semi_supervised(run_dir=str(run_dir), data_path=str(moved / "faces"), eval_set={"probes": "p", "distractor": "x"},
                         **params)

@@ -17,8 +17,10 @@ from recognition_eval.megaface import (
     list_distractors,
     list_probes,
     megaface_manifest,
+    noise_mask,
     read_devkit_feature,
     read_image_list,
+    read_noise_list,
 )
 from recognition_eval.report import evaluate
 from semiface.errors import DataError
@@ -172,6 +174,61 @@ def test_cli_evaluates_megaface_features_and_names_bad_inputs(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["largest_size"] == 10
     with pytest.raises(SystemExit):
         eval_cli(args[:4] + ["--out", str(tmp_path / "o")])
+
+
+def test_noise_lists_name_images_by_path_or_by_file_name_and_a_list_for_another_set_is_refused(tmp_path):
+    noise = tmp_path / "megaface_noises.txt"
+    noise.write_text("# the cleaned protocol\n./0/4.jpg\n\n1\\5.jpg\nC_1.jpg\nnot/in/this/set.jpg\n")
+    entries = read_noise_list(noise)
+    assert entries == {"0/4.jpg", "1/5.jpg", "C_1.jpg", "not/in/this/set.jpg"}
+    paths = ["0/0.jpg", "0/4.jpg", "1/5.jpg", "2/5.jpg", "C/C_1.jpg", "D/C_1.jpg.png"]
+    assert noise_mask(paths, entries, noise).tolist() == [False, True, True, False, True, False]
+    with pytest.raises(DataError, match="megaface_noises.txt.*none of its 4 entries"):
+        noise_mask(["x/y.jpg"], entries, noise)
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    with pytest.raises(DataError, match="empty.txt.*empty noise list"):
+        read_noise_list(tmp_path / "empty.txt")
+    with pytest.raises(DataError, match="missing.txt.*not found"):
+        read_noise_list(tmp_path / "missing.txt")
+
+
+def test_noisy_images_are_left_out_of_the_precomputed_route_as_if_never_listed(tmp_path, capsys):
+    """Noise lists drop the same images from the .npy route, the devkit-file route (whose noisy files are
+    not read) and the CLI; the scores equal those of lists without these images."""
+    probes, distractors = features_case(2)
+    probe_list, distractor_list, probe_paths, distractor_paths = write_lists(tmp_path)
+    np.save(tmp_path / "p.npy", probes)
+    np.save(tmp_path / "d.npy", distractors)
+    for root, paths, rows in (("fs_feats", probe_paths, probes), ("mf_feats", distractor_paths, distractors)):
+        for path, row in zip(paths, rows, strict=True):
+            write_devkit_feature(tmp_path / root / f"{path}_model.bin", row)
+    dropped_probe, dropped_distractors = 5, [0, 7, 13, 30]  # C's turned-away image, and four distractors
+    (tmp_path / "fs_noise.txt").write_text(probe_paths[dropped_probe].split("/")[1] + "\n")  # by file name
+    (tmp_path / "mf_noise.txt").write_text("".join(f"{distractor_paths[i]}\n" for i in dropped_distractors))
+    (tmp_path / "fs_feats" / f"{probe_paths[dropped_probe]}_model.bin").write_bytes(b"broken")  # never read
+    options = {"sizes": [10, 36], "device": "cpu"}
+    noise = {"probe_noise": tmp_path / "fs_noise.txt", "distractor_noise": tmp_path / "mf_noise.txt"}
+    from_npy = evaluate_megaface_features(probe_list, tmp_path / "p.npy", distractor_list, tmp_path / "d.npy",
+                                         tmp_path / "npy", **noise, **options)
+    from_devkit = evaluate_megaface_features(probe_list, tmp_path / "fs_feats", distractor_list, tmp_path / "mf_feats",
+                                             tmp_path / "devkit", suffix="_model.bin", **noise, **options)
+    keep_d = np.setdiff1d(np.arange(40), dropped_distractors)
+    probe_rows = read_image_list(probe_list, True).drop(index=dropped_probe).reset_index(drop=True)
+    direct = evaluate(np.concatenate([np.delete(probes, dropped_probe, axis=0), distractors[keep_d]]),
+                      megaface_manifest(probe_rows, [distractor_paths[i] for i in keep_d]), tmp_path / "direct", **options)
+    assert from_npy["noise_removed"] == from_devkit["noise_removed"] == {"probe": 1, "distractor": 4}
+    assert from_npy["rank1"] == from_devkit["rank1"] == direct["rank1"]
+    assert from_npy["n_pairs"] == 4  # A and B: 2 pairs each; C is left with one image
+    assert list(from_npy["rank1"].values())[-1] == 1.0  # the image that lost to distractors is gone
+
+    args = ["--probe-list", str(probe_list), "--probe-features", str(tmp_path / "p.npy"), "--distractor-list",
+            str(distractor_list), "--distractor-features", str(tmp_path / "d.npy"), "--out", str(tmp_path / "cli"),
+            "--sizes", "10", "36", "--device", "cpu", "--distractor-noise", str(tmp_path / "mf_noise.txt")]
+    assert eval_cli(args) == 0
+    assert json.loads(capsys.readouterr().out)["noise_removed"] == {"probe": 0, "distractor": 4}
+    (tmp_path / "other_noise.txt").write_text("elsewhere/1.jpg\n")
+    assert eval_cli(args[:-1] + [str(tmp_path / "other_noise.txt")]) == 2
+    assert "other_noise.txt" in capsys.readouterr().err
 
 
 def test_devkit_feature_file_problems_are_named(tmp_path):
