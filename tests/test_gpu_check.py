@@ -33,7 +33,7 @@ def test_tiny_cpu_run_reports_every_stage(tmp_path, without_orchestration_packag
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     stages = {row["stage"]: row for row in report["stages"]}
-    assert list(stages) == ["train", "extract", "knn", "facet", "clusformer", "identification", "ddp"]
+    assert list(stages) == ["train", "extract", "knn", "facet", "clusformer", "identification", "ddp", "parity"]
     assert all(row["status"] == "ok" for row in stages.values()), stages
     assert stages["train"]["train_img_per_s"] > 0 and stages["train"]["train_loss_finite"]
     assert stages["extract"]["extract_dim"] == 256
@@ -42,6 +42,10 @@ def test_tiny_cpu_run_reports_every_stage(tmp_path, without_orchestration_packag
     assert stages["facet"]["facet_seconds_584k"] == pytest.approx(584_000 / stages["facet"]["facet_nodes_per_s"])
     assert stages["identification"]["identification_rank1"] > 0.9  # tight probes among random distractors
     assert stages["ddp"]["ddp_same_weights"] and stages["ddp"]["ddp_losses_finite"]
+    parity = stages["parity"]  # CPU against CPU here: the same answers, and the training step fits one batch
+    assert parity["parity_extract_min_cosine"] > 0.9999 and parity["parity_knn_recall"] == 1.0
+    assert parity["parity_cmc_max_diff"] == 0.0 and parity["parity_facet_max_diff"] < 1e-5
+    assert parity["parity_fit_loss_ratio"] < 0.5
     assert {t["verdict"] for t in report["targets"]} == {"-"}  # targets are judged on a full CUDA run only
     assert "train_img_per_s" in done.stdout and "verdict" in done.stdout
 
