@@ -137,14 +137,22 @@ def write_lists(tmp_path: Path) -> tuple[Path, Path, list[str], list[str]]:
     return probe_list, distractor_list, probe_paths, distractor_paths
 
 
-def test_precomputed_npy_and_devkit_feature_files_score_as_the_manifest_route(tmp_path):
-    probes, distractors = features_case()
+def write_feature_files(tmp_path: Path, probes: np.ndarray, distractors: np.ndarray
+                        ) -> tuple[Path, Path, list[str], list[str]]:
+    """``write_lists`` plus the features both ways: p.npy / d.npy, and devkit files under fs_feats/ and
+    mf_feats/ (suffix ``_model.bin``)."""
     probe_list, distractor_list, probe_paths, distractor_paths = write_lists(tmp_path)
     np.save(tmp_path / "p.npy", probes)
     np.save(tmp_path / "d.npy", distractors)
     for root, paths, rows in (("fs_feats", probe_paths, probes), ("mf_feats", distractor_paths, distractors)):
         for path, row in zip(paths, rows, strict=True):
             write_devkit_feature(tmp_path / root / f"{path}_model.bin", row)
+    return probe_list, distractor_list, probe_paths, distractor_paths
+
+
+def test_precomputed_npy_and_devkit_feature_files_score_as_the_manifest_route(tmp_path):
+    probes, distractors = features_case()
+    probe_list, distractor_list, probe_paths, distractor_paths = write_feature_files(tmp_path, probes, distractors)
     options = {"sizes": [1, 10, 40], "device": "cpu"}
     from_npy = evaluate_megaface_features(probe_list, tmp_path / "p.npy", distractor_list, tmp_path / "d.npy",
                                          tmp_path / "npy", **options)
@@ -196,12 +204,7 @@ def test_noisy_images_are_left_out_of_the_precomputed_route_as_if_never_listed(t
     """Noise lists drop the same images from the .npy route, the devkit-file route (whose noisy files are
     not read) and the CLI; the scores equal those of lists without these images."""
     probes, distractors = features_case(2)
-    probe_list, distractor_list, probe_paths, distractor_paths = write_lists(tmp_path)
-    np.save(tmp_path / "p.npy", probes)
-    np.save(tmp_path / "d.npy", distractors)
-    for root, paths, rows in (("fs_feats", probe_paths, probes), ("mf_feats", distractor_paths, distractors)):
-        for path, row in zip(paths, rows, strict=True):
-            write_devkit_feature(tmp_path / root / f"{path}_model.bin", row)
+    probe_list, distractor_list, probe_paths, distractor_paths = write_feature_files(tmp_path, probes, distractors)
     dropped_probe, dropped_distractors = 5, [0, 7, 13, 30]  # C's turned-away image, and four distractors
     (tmp_path / "fs_noise.txt").write_text(probe_paths[dropped_probe].split("/")[1] + "\n")  # by file name
     (tmp_path / "mf_noise.txt").write_text("".join(f"{distractor_paths[i]}\n" for i in dropped_distractors))
