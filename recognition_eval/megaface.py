@@ -8,8 +8,8 @@ image under it, at any depth), or a list (the devkit's ``megaface_features_list.
 
 Noise lists (the cleaned protocol most papers report since ArcFace: the devkit's mislabelled FaceScrub
 images and the MegaFace distractors that are in fact FaceScrub people, e.g. InsightFace's
-``facescrub_noises.txt`` / ``megaface_noises.txt``): ``read_noise_list`` and ``noise_mask`` drop the
-listed images from either set, before anything is extracted or scored.
+``facescrub_noises.txt`` / ``megaface_noises.txt``): ``drop_noise`` removes the listed images from
+either set (``read_noise_list``, ``noise_mask``), before anything is extracted or scored.
 
 Precomputed features of those images: one ``.npy`` [N, D] in list order, or the devkit's one file per
 image, ``<folder>/<image path><suffix>`` (e.g. ``_arcface.bin``: four int32 -- rows, cols, element size,

@@ -68,9 +68,8 @@ def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResul
 
     def report(result: StageResult) -> str:
         s = result.summary
-        removed = s.get("noise_removed", {})  # absent from summaries cached before the noise lists
         rows = [{"set": name, "images": s["images"][name], "identities": s["identities"][name],
-                 "removed as noise": removed.get(name, 0)} for name in ("probe", "distractor")]
+                 "removed as noise": s["noise_removed"][name]} for name in ("probe", "distractor")]
         return f"MegaFace-layout evaluation set: `{result.outputs['manifest']}`\n\n" + markdown_table(rows)
 
     return execute(ctx, spec, compute, report)
