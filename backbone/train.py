@@ -146,7 +146,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if config.head_init == "class_means" and not checkpoint_path.is_file():  # a resumed run loads its head
         imprint(head, class_mean_embeddings(embedder, rows, image_root, record_file, config.image_size, device,
-                                            num_workers=config.num_workers))
+                                            num_workers=config.num_workers, world=world))
     model: nn.Module = MarginModel(embedder, head)
     if world.world_size > 1:
         if device.type == "cuda":  # SyncBatchNorm has no CPU kernel: on gloo each rank keeps its own statistics

@@ -129,3 +129,48 @@ def test_train_backbone_under_two_processes_shards_the_data_and_only_rank0_write
     # 32 images, global batch 16 = 8 per process: 2 steps an epoch on each process
     assert (payload["step"], payload["num_classes"], payload["finished"]) == (4, 4, True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json", "model.pt", "run.json"]
+
+
+def _class_means(manifest: str, world) -> tuple[torch.Tensor, int]:
+    """Class means under a seeded tiny embedder, and how many images this process embedded."""
+    from backbone.head_init import class_mean_embeddings
+    from backbone.training_rows import select_training_rows
+    from semiface.manifest import read_manifest
+
+    torch.manual_seed(0)
+    embedder = FaceEmbedder(ModelConfig("test_resnet", 32, 16))
+    seen = []
+    embedder.register_forward_hook(lambda module, inputs, output: seen.append(len(output)))
+    rows = select_training_rows(read_manifest(Path(manifest)), manifest)
+    rows.weights[::3] = 0.5  # the loss weights count
+    centres = class_mean_embeddings(embedder, rows, Path(manifest).parent, None, 32, torch.device("cpu"),
+                                    batch_size=4, world=world)
+    return centres, sum(seen) // 2  # each forward embeds the images and their mirror images
+
+
+def _class_means_worker(rank: int, manifest: str, out_dir: str) -> None:
+    world, _ = setup_distributed("cpu")
+    centres, embedded = _class_means(manifest, world)
+    torch.save({"centres": centres, "embedded": embedded}, Path(out_dir) / f"means{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_imprinting_under_ddp_embeds_each_image_once_and_every_rank_gets_the_full_means(tmp_path, run_ddp_workers):
+    from backbone.data.demo_faces import DemoConfig, generate_demo_dataset
+    from backbone.distributed import Distributed
+
+    demo = DemoConfig(n_labelled_ids=4, n_unlabelled_ids=0, n_probe_ids=0, n_distractor_ids=0, images_per_id=5,
+                      image_size=32)
+    manifest = str(generate_demo_dataset(tmp_path / "faces", demo))
+    run_ddp_workers(__file__, "_class_means_worker", manifest, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"means{r}.pt") for r in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like the ranks
+    try:
+        single, embedded = _class_means(manifest, Distributed())
+    finally:
+        torch.set_num_threads(threads)
+    assert embedded == 20 and [r["embedded"] for r in ranks] == [10, 10]  # 20 images, half on each rank
+    assert single.shape == (4, 16) and torch.allclose(single.norm(dim=1), torch.ones(4))
+    for rank in ranks:
+        torch.testing.assert_close(rank["centres"], single, rtol=1e-5, atol=1e-6)
