@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip
 from backbone.margin import MarginHead, TwoHeadMargin
+from backbone.model import FaceEmbedder
 from backbone.training_rows import TrainingRows
 
 ONE_PROCESS = Distributed()
@@ -30,7 +30,7 @@ ONE_PROCESS = Distributed()
 
 @torch.inference_mode()
 def class_mean_embeddings(
-    embedder: nn.Module, rows: TrainingRows, image_root: Path | None, record_file: Path | None, image_size: int,
+    embedder: FaceEmbedder, rows: TrainingRows, image_root: Path | None, record_file: Path | None, image_size: int,
     device: torch.device, batch_size: int = 256, num_workers: int = 0, world: Distributed = ONE_PROCESS,
 ) -> torch.Tensor:
     """L2-normalised mean of the (flip-summed, normalised) eval-mode embeddings of each class's rows,
