@@ -247,7 +247,8 @@ def evaluate_megaface_features(probe_list: str | Path, probe_features: str | Pat
     if probe_x.shape[1] != distractor_x.shape[1]:
         raise DataError(distractor_features, f"{distractor_x.shape[1]} feature columns, the probes have {probe_x.shape[1]}")
     features = np.concatenate([np.asarray(probe_x, np.float32), np.asarray(distractor_x, np.float32)])
-    summary = evaluate(features, megaface_manifest(kept.probes, kept.distractors), out_dir, **options)
+    summary = evaluate(features, megaface_manifest(kept.probes, kept.distractors), out_dir,
+                       provenance={"noise_removed": kept.removed}, **options)
     return {**summary, "noise_removed": kept.removed}
 
 

@@ -49,6 +49,7 @@ def evaluate(
     max_bytes: int = DEFAULT_MAX_BYTES,
     overlap_threshold: float = DEFAULT_CENTROID_THRESHOLD,
     progress: ProgressReport = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """MegaFace-style evaluation of the ``probe`` rows against the ``distractor`` rows of a manifest.
 
@@ -56,6 +57,8 @@ def evaluate(
     ``train_identities`` plus the identities of the manifest's labelled/unlabelled rows (by name), and
     probe centroids with the labelled classes' centroids (by features). Warnings (left-out probes,
     renormalised rows, overlaps) are emitted and recorded in results.json under "notes".
+    ``provenance``: what the caller knows of how the rows were chosen (e.g. ``noise_removed``), recorded
+    in results.json under "inputs".
     """
     features, features_name = _features(features)
     frame, manifest_name = _manifest(manifest)
@@ -116,6 +119,7 @@ def evaluate(
                 "dim": int(features.shape[1]),
                 "device": result.device,
                 "seed": seed,
+                **(provenance or {}),
             },
         },
     )

@@ -46,8 +46,10 @@ def evaluate_task(
             frame = read_manifest(train_data.path("manifest"))
             train_identities = frame.loc[frame["split"].isin(TRAIN_SPLITS), "identity"].unique().tolist()
         progress = Progress(ctx, f"evaluate-{model_name}", f"scoring {model_name} probes against distractors")
+        provenance = {"noise_removed": data.summary["noise_removed"]} if "noise_removed" in data.summary else None
         summary = evaluate(features.path("features"), data.path("manifest"), folder, sizes=sizes, seed=seed,
-                           device=ctx.device, train_identities=train_identities, progress=progress.update)
+                           device=ctx.device, train_identities=train_identities, progress=progress.update,
+                           provenance=provenance)
         outputs = {"results": folder / "results.json", "identification": folder / "identification.parquet",
                    "verification": folder / "verification.parquet"}
         outputs.update({name: folder / file for name, file in PLOTS.items()})

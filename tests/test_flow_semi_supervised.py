@@ -312,6 +312,7 @@ def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_
                   "distractor_noise": str(noise), "probe_noise": str(tmp_path / "facescrub_noises.txt")})
     results = json.loads(Path(cleaned.result()["results_before"]).read_text())
     assert results["inputs"]["n_probe_rows"] == 11 and results["inputs"]["n_distractor_rows"] == 15
+    assert results["inputs"]["noise_removed"] == {"probe": 1, "distractor": 5}
     assert task_states(cleaned.state_details.flow_run_id)["prepare-eval-set"] == ["Completed"]
     with pytest.raises(ConfigError, match="eval_set: unknown parameter"):
         semi_supervised(run_dir=str(run_dir), data_path=str(moved / "faces"), eval_set={"probes": "p", "distractor": "x"},

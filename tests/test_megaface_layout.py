@@ -220,6 +220,8 @@ def test_noisy_images_are_left_out_of_the_precomputed_route_as_if_never_listed(t
     direct = evaluate(np.concatenate([np.delete(probes, dropped_probe, axis=0), distractors[keep_d]]),
                       megaface_manifest(probe_rows, [distractor_paths[i] for i in keep_d]), tmp_path / "direct", **options)
     assert from_npy["noise_removed"] == from_devkit["noise_removed"] == {"probe": 1, "distractor": 4}
+    recorded = json.loads((tmp_path / "npy" / "results.json").read_text())["inputs"]
+    assert recorded["noise_removed"] == {"probe": 1, "distractor": 4} and recorded["n_distractor_rows"] == 36
     assert from_npy["rank1"] == from_devkit["rank1"] == direct["rank1"]
     assert from_npy["n_pairs"] == 4  # A and B: 2 pairs each; C is left with one image
     assert list(from_npy["rank1"].values())[-1] == 1.0  # the image that lost to distractors is gone
