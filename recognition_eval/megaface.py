@@ -117,10 +117,11 @@ def read_noise_list(path: str | Path) -> set[str]:
     return entries
 
 
-def noise_mask(paths: list[str], noise: set[str], noise_list: str | Path) -> np.ndarray:
-    """True for each of ``paths`` that the noise list ``noise`` (read from ``noise_list``) names, by its
-    relative path or, for an entry without a folder, by its file name. A list that names none of the
-    paths is refused: it belongs to another set or another root, and dropping nothing would go unnoticed."""
+def noise_mask(paths: list[str], noise_list: str | Path) -> np.ndarray:
+    """True for each of ``paths`` that the noise list names (``read_noise_list``), by its relative path
+    or, for an entry without a folder, by its file name. A list that names none of the paths is
+    refused: it belongs to another set or another root, and dropping nothing would go unnoticed."""
+    noise = read_noise_list(noise_list)
     by_path = {entry for entry in noise if "/" in entry}
     by_name = noise - by_path
     normalised = [_normalised(p) for p in paths]
@@ -153,7 +154,7 @@ def drop_noise(probes: pd.DataFrame, distractors: list[str], probe_noise: str | 
     def keep(paths: list[str], noise_list: str | Path | None) -> np.ndarray:
         if noise_list is None:
             return np.ones(len(paths), dtype=bool)
-        return ~noise_mask(paths, read_noise_list(noise_list), noise_list)
+        return ~noise_mask(paths, noise_list)
 
     probe_keep, distractor_keep = keep(probes["path"].tolist(), probe_noise), keep(distractors, distractor_noise)
     return NoiseDrop(probes[probe_keep].reset_index(drop=True),

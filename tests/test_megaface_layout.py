@@ -190,9 +190,9 @@ def test_noise_lists_name_images_by_path_or_by_file_name_and_a_list_for_another_
     entries = read_noise_list(noise)
     assert entries == {"0/4.jpg", "1/5.jpg", "C_1.jpg", "not/in/this/set.jpg"}
     paths = ["0/0.jpg", "0/4.jpg", "1/5.jpg", "2/5.jpg", "C/C_1.jpg", "D/C_1.jpg.png"]
-    assert noise_mask(paths, entries, noise).tolist() == [False, True, True, False, True, False]
+    assert noise_mask(paths, noise).tolist() == [False, True, True, False, True, False]
     with pytest.raises(DataError, match="megaface_noises.txt.*none of its 4 entries"):
-        noise_mask(["x/y.jpg"], entries, noise)
+        noise_mask(["x/y.jpg"], noise)
     (tmp_path / "empty.txt").write_text("# only a comment\n")
     with pytest.raises(DataError, match="empty.txt.*empty noise list"):
         read_noise_list(tmp_path / "empty.txt")
