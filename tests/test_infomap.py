@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clustering.evaluate import sweep_threshold
-from clustering.partition import ODDS_CAP, infomap_partition, link_odds, partition_links
+from clustering.partition import ODDS_CAP, infomap_partition, link_flow, link_odds, partition_links
 from semiface.errors import ConfigError, DataError
 
 
@@ -79,14 +79,14 @@ def test_threshold_sweep_partitions_with_infomap():
 def test_odds_weights_tell_sure_links_from_doubtful_ones():
     """Two groups of 10, sure inside (p 0.9999), doubtful across (p 0.99, every cross pair): as
     weights the probabilities are nearly equal and Infomap sees one group; their odds (1e4 vs 99)
-    separate the two."""
+    and the odds' square roots (100 vs 9.9) separate the two."""
     truth = np.repeat([0, 1], 10)
     src, dst = np.triu_indices(20, 1)
     weight = np.where(truth[src] == truth[dst], 0.9999, 0.99)
     as_probability = partition_links(20, src, dst, weight, method="infomap", tau=0.0)
-    as_odds = partition_links(20, src, dst, weight, method="infomap", tau=0.0, link_weight="odds")
     assert len(np.unique(as_probability)) == 1
-    assert same_partition(as_odds, truth)
+    for link_weight in ("odds", "sqrt_odds"):
+        assert same_partition(partition_links(20, src, dst, weight, method="infomap", tau=0.0, link_weight=link_weight), truth)
     # union-find reads only the order, which the odds keep
     np.testing.assert_array_equal(partition_links(20, src, dst, weight, tau=0.995, link_weight="odds"),
                                   partition_links(20, src, dst, weight, tau=0.995))
@@ -94,6 +94,8 @@ def test_odds_weights_tell_sure_links_from_doubtful_ones():
 
 def test_odds_are_capped_and_need_probabilities():
     np.testing.assert_allclose(link_odds(np.array([0.0, 0.5, 0.9, 1.0])), [0.0, 1.0, 9.0, ODDS_CAP])
+    np.testing.assert_allclose(link_flow(np.array([0.0, 0.5, 0.9, 1.0]), "sqrt_odds"), [0.0, 1.0, 3.0, ODDS_CAP ** 0.5])
+    np.testing.assert_array_equal(link_flow(np.array([0.2, 0.7]), "probability"), [0.2, 0.7])
     with pytest.raises(DataError, match="odds need probabilities"):
         partition_links(2, np.array([0]), np.array([1]), np.array([1.5]), method="infomap", tau=0.0, link_weight="odds")
     with pytest.raises(ConfigError, match="link_weight"):
