@@ -243,7 +243,7 @@ def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tm
     for rule in ("any", "mutual", "average"):
         fixed.config = fixed.config.replace(link_rule=rule)
         _, tau, scores = tune_link_threshold(labels, heldout, *fixed.predict_links(features, knn, 0.0),
-                                             partition="infomap")
+                                             partition="infomap", link_weight=method.config.infomap_weight)
         tuned[rule] = (scores["all_pairwise_f"] + scores["all_bcubed_f"]) / 2, tau
     assert method.link_rule == method.link_rule_ == max(tuned, key=lambda r: tuned[r][0])
     assert method.tau_ == pytest.approx(tuned[method.link_rule][1])
