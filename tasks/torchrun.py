@@ -23,10 +23,12 @@ POLL_SECONDS = 2.0
 
 
 def torchrun_command(nproc: int, manifest: Path, image_root: Path | None, run_dir: Path, config_file: Path,
-                     record_file: Path | None) -> list[str]:
-    """The command line of ``nproc`` ranks on this machine training with ``config_file``."""
+                     record_file: Path | None, log_dir: Path) -> list[str]:
+    """The command line of ``nproc`` ranks on this machine training with ``config_file``. torchrun's
+    agent keeps its per-rank files (a failed rank's error record) in ``log_dir``; without one it makes
+    a ``torchelastic_*`` folder in the system's temp folder on every launch and never removes it."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "backbone.train", "--manifest", str(manifest), "--run-dir", str(run_dir),
+               f"--log-dir={log_dir}", "-m", "backbone.train", "--manifest", str(manifest), "--run-dir", str(run_dir),
                "--config", str(config_file)]
     if image_root is not None:
         command += ["--image-root", str(image_root)]
@@ -49,10 +51,11 @@ def train_with_torchrun(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = save_json(run_dir.parent / f"{run_dir.name}_config.json", config.to_dict())
     log_file = run_dir.parent / f"{run_dir.name}_torchrun.log"
+    log_dir = run_dir.parent / f"{run_dir.name}_torchrun_logs"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     metrics, reported = run_dir / "metrics.json", 0
     with open(log_file, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(torchrun_command(nproc, manifest, image_root, run_dir, config_file, record_file),
+        process = subprocess.Popen(torchrun_command(nproc, manifest, image_root, run_dir, config_file, record_file, log_dir),
                                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         while True:
             finished = process.poll() is not None
@@ -63,7 +66,7 @@ def train_with_torchrun(
     if process.returncode != 0:
         tail = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
         raise TrainingError(f"torchrun with {nproc} processes exited with {process.returncode} "
-                            f"(log: {log_file}):\n{tail}")
+                            f"(log: {log_file}; per-rank files: {log_dir}):\n{tail}")
     return run_dir / "model.pt"
 
 

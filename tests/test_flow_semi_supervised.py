@@ -259,7 +259,8 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
 
 def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_server, tmp_path):
     """nproc_per_node=2: two gloo ranks train in a child torchrun of the task; the task writes the stage
-    record (the ranks never touch the cache), and a rerun finds the stage cached."""
+    record (the ranks never touch the cache), torchrun's per-rank folders are in the stage folder (not
+    left in the system's temp folder), and a rerun finds the stage cached."""
     run_dir = tmp_path / "run"
     params = {**TINY, "labels": "labelled_only", "train_options": {"batch_size": 8, "nproc_per_node": 2}}
     first = semi_supervised(run_dir=str(run_dir), **params, return_state=True)
@@ -268,6 +269,7 @@ def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_serv
     (done,) = (run_dir / "stages").glob("train_backbone-*/done.json")
     assert (done.parent / "train" / "model.pt").is_file()
     assert "trained by 2 processes (DDP)" in (done.parent / "train_torchrun.log").read_text()
+    assert sorted(p.name for p in (done.parent / "train_torchrun_logs").glob("*/attempt_0/*")) == ["0", "1"]
     second = semi_supervised(run_dir=str(run_dir), **params, return_state=True)
     assert second.result()["rank1_before_largest"] == summary["rank1_before_largest"]
     assert task_states(second.state_details.flow_run_id)["train-backbone"] == ["Cached"]
