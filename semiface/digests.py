@@ -73,7 +73,7 @@ class DigestMemo:
         self.seen: dict[str, tuple[int, int, int, int, str]] = {}
         self.hashed = 0
 
-    def digest(self, rel: str, path: Path, stat: os.stat_result) -> str:
+    def digest(self, rel: str, path: str | Path, stat: os.stat_result) -> str:
         """The content digest of ``path`` (``rel`` under the root), from the memo when its signature matches."""
         signature = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
         entry = self.known.get(rel)
@@ -144,9 +144,9 @@ def files_digest(root: str | Path, rels: Iterable[str], memo_dir: str | Path | N
     memo = DigestMemo(memo_dir, root)
     digest = hashlib.sha256()
     for rel in sorted(set(rels)):
-        file = root / rel
+        file = os.path.join(root, rel)
         try:
-            stat = file.stat()
+            stat = os.stat(file)
         except OSError as exc:
             raise DataError(file, f"listed in the manifest but not readable ({exc.strerror or exc})") from exc
         digest.update(f"{rel}\0{memo.digest(rel, file, stat)}\n".encode())
@@ -154,14 +154,15 @@ def files_digest(root: str | Path, rels: Iterable[str], memo_dir: str | Path | N
     return digest.hexdigest()
 
 
-def _walk_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+def _walk_files(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
     """(relative POSIX path, path, stat) of every regular file under ``root``, following linked folders
-    (each real folder once, so a link loop ends); readers such as the image-folder scan follow them too."""
+    (each real folder once, so a link loop ends); readers such as the image-folder scan follow them too.
+    Paths stay strings: building a Path per file took half the time of a rerun over a large folder."""
     seen_dirs: set[tuple[int, int]] = set()
-    stack = [(root, "")]
+    stack = [(str(root), "")]
     while stack:
         folder, prefix = stack.pop()
-        info = folder.stat()
+        info = os.stat(folder)
         if (info.st_dev, info.st_ino) in seen_dirs:
             continue
         seen_dirs.add((info.st_dev, info.st_ino))
@@ -169,6 +170,6 @@ def _walk_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
             for entry in entries:
                 rel = prefix + entry.name
                 if entry.is_dir():
-                    stack.append((Path(entry.path), rel + "/"))
+                    stack.append((entry.path, rel + "/"))
                 elif entry.is_file():
-                    yield rel, Path(entry.path), entry.stat()
+                    yield rel, entry.path, entry.stat()
