@@ -43,7 +43,7 @@ def build_knn_task(
     if holdout and subset == "labelled":
         params["clusterer_holdout"] = holdout
     spec = StageSpec("build_knn", params, (data, features),
-                     code=("clustering/knn.py", "clustering/clusterer_holdout.py", "clustering/pseudo_labels.py", "semiface", "tasks/build_knn.py"),
+                     code=("tasks.build_knn",),
                      runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -15,7 +15,7 @@ from semiface.manifest import known_identity_mask, read_manifest
 from semiface.markdown import markdown_table
 from tasks.common import Progress, StageContext, execute
 from tasks.stage_cache import StageResult, StageSpec
-from tasks.train_clusterer import CODE, RUNTIME_PARAMS, load_method, subset
+from tasks.train_clusterer import RUNTIME_PARAMS, load_method, subset
 
 METRIC_COLUMNS = ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_precision", "bcubed_recall",
                   "bcubed_f", "nmi", "fmi", "noise_ratio", "n_clusters", "n_singletons", "n_unclustered")
@@ -34,7 +34,7 @@ def cluster_task(
     """``pred_labels.npy`` (int64, -1 = unclustered) and ``confidence.npy`` for the rows of ``knn``."""
     key_params = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
     spec = StageSpec("cluster", {"method": method, "params": key_params}, (data, features, knn, trained),
-                     code=(*CODE, "tasks/cluster.py"), runtime={"device": ctx.device})
+                     code=("tasks.cluster",), runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         progress = Progress(ctx, "cluster", f"clustering with {method}")

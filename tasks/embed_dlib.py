@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 
 from tasks.common import StageContext, execute
-from tasks.stage_cache import StageResult, StageSpec
+from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
 
 @task(name="embed-dlib", task_run_name="embed-dlib[{ctx.label}]", tags=["stage", "reference"], retries=1,
@@ -18,7 +18,7 @@ def embed_dlib_task(ctx: StageContext, data: StageResult) -> StageResult:
     """features.npy [N, 128] float32 in manifest order; the summary counts images without a detected face."""
     from backbone.dlib_embedder import embed_manifest
 
-    spec = StageSpec("embed_dlib", {}, (data,), code=("backbone/dlib_embedder.py", "tasks/embed_dlib.py"))
+    spec = StageSpec("embed_dlib", {}, (data,), code=("tasks.embed_dlib",), reads=(IMAGE_DIGEST,))
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         root, record = data.summary.get("image_root"), data.summary.get("record_file")

@@ -38,7 +38,7 @@ def evaluate_task(
 
     upstream = (data, features) if train_data is None else (data, features, train_data)
     spec = StageSpec("evaluate", {"sizes": [int(s) for s in sizes], "seed": seed}, upstream,
-                     code=("recognition_eval", "semiface", "tasks/evaluate.py"), runtime={"device": ctx.device})
+                     code=("tasks.evaluate",), runtime={"device": ctx.device}, reads=("noise_removed",))
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         train_identities = None

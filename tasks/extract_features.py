@@ -9,7 +9,7 @@ import numpy as np
 from prefect import task
 
 from tasks.common import Progress, StageContext, execute
-from tasks.stage_cache import StageResult, StageSpec
+from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
 
 @task(name="extract-features", task_run_name="extract-features[{ctx.label}/{model.stage}]",
@@ -19,7 +19,7 @@ def extract_features_task(ctx: StageContext, data: StageResult, model: StageResu
     from backbone.extract import extract_features
 
     spec = StageSpec("extract_features", {"batch_size": batch_size}, (data, model),
-                     code=("backbone", "semiface", "tasks/extract_features.py"),
+                     code=("tasks.extract_features",), reads=(IMAGE_DIGEST,),
                      runtime={"device": ctx.device, "num_workers": ctx.num_workers})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -47,7 +47,7 @@ def merge_pseudo_labels_task(
         params.update(min_cluster_size=min_cluster_size, min_confidence=min_confidence)
     upstream = tuple(r for r in (data, knn, clusters if mode == "pseudo" else None) if r is not None)
     spec = StageSpec("merge_pseudo_labels", params, upstream,
-                     code=("clustering/pseudo_labels.py", "semiface", "tasks/merge_pseudo_labels.py"))
+                     code=("tasks.merge_pseudo_labels",), reads=("metrics",))
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         manifest = read_manifest(data.path("manifest"))

@@ -20,7 +20,7 @@ from semiface.features import check_features, l2_normalize, load_features, load_
 from semiface.manifest import SPLITS, read_manifest, write_manifest
 from semiface.markdown import markdown_table
 from tasks.common import StageContext, execute
-from tasks.stage_cache import StageResult, StageSpec
+from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec, StageStore, content_digest_of
 
 SOURCES = ("demo", "folder", "recordio", "features")
 # learn-to-cluster layout: <root>/features/<part>.bin and <root>/labels/<part>.meta
@@ -93,23 +93,33 @@ def prepare_data(ctx: StageContext, source: str, data_path: str | None, options:
     """Build the manifest of ``source``; cached on the source's fingerprint and options."""
     options = data_options_for(source, options)
     external = {name: str(path) for name, path in required_inputs(source, data_path, options).items()}
-    code = ("backbone/data", "semiface", "tasks/prepare_data.py")
-    spec = StageSpec("prepare_data", {"source": source, "options": options, "seed": seed}, (), external, code)
+    spec = StageSpec("prepare_data", {"source": source, "options": options, "seed": seed}, (), external,
+                     ("tasks.prepare_data",))
+    store = StageStore(ctx.cache_root)
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         if source == "demo":
-            return _prepare_demo(folder, options)
-        if source == "features":
+            outputs, summary = _prepare_demo(folder, options)
+            root = Path(summary["image_root"])
+        elif source == "features":
             return _prepare_features(folder, external, options)
-        if source == "folder":
+        elif source == "folder":
             from backbone.data.folder import scan_image_folder
 
-            frame = scan_image_folder(external["data"], verify=bool(options["verify"]))
-            return _prepare_split(folder, frame, options, seed, image_root=Path(external["data"]), record=None)
-        from backbone.data.recordio import record_manifest
+            root = Path(external["data"])
+            frame = scan_image_folder(root, verify=bool(options["verify"]))
+            outputs, summary = _prepare_split(folder, frame, options, seed, image_root=root, record=None)
+        else:
+            from backbone.data.recordio import record_manifest
 
-        frame = record_manifest(external["record"])
-        return _prepare_split(folder, frame, options, seed, image_root=None, record=Path(external["record"]))
+            frame = record_manifest(external["record"])
+            outputs, summary = _prepare_split(folder, frame, options, seed, image_root=None,
+                                              record=Path(external["record"]))
+            summary[IMAGE_DIGEST] = content_digest_of({name: store.fingerprint(external[name])
+                                                       for name in ("record", "index")})
+            return outputs, summary
+        summary[IMAGE_DIGEST] = store.files_digest(root, read_manifest(outputs["manifest"])["path"])
+        return outputs, summary
 
     return execute(ctx, spec, compute, _report)
 

@@ -16,7 +16,7 @@ from semiface.errors import ConfigError, reject_unknown
 from semiface.manifest import write_manifest
 from semiface.markdown import markdown_table
 from tasks.common import StageContext, execute
-from tasks.stage_cache import StageResult, StageSpec
+from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec, StageStore, content_digest_of
 
 # probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
 # the roots: where a list's paths are relative to (only with a list); the noise lists: images to drop
@@ -52,8 +52,8 @@ def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResul
     from recognition_eval.megaface import drop_noise, list_distractors, list_probes, megaface_manifest
 
     inputs = eval_set_inputs(eval_set)
-    spec = StageSpec("prepare_eval", {}, (), {name: str(path) for name, path in inputs.items()},
-                     ("recognition_eval/megaface.py", "tasks/prepare_eval.py"))
+    spec = StageSpec("prepare_eval", {}, (), {name: str(path) for name, path in inputs.items()}, ("tasks.prepare_eval",))
+    store = StageStore(ctx.cache_root)
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         probes, _ = list_probes(inputs["probes"], inputs.get("probe_root"))
@@ -64,6 +64,8 @@ def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResul
             "images": {"probe": len(kept.probes), "distractor": len(kept.distractors)},
             "identities": {"probe": int(kept.probes["identity"].nunique()), "distractor": len(kept.distractors)},
             "noise_removed": kept.removed,
+            # the images' content: every input's (the image folders, or the lists and their roots)
+            IMAGE_DIGEST: content_digest_of({name: store.fingerprint(path) for name, path in inputs.items()}),
         }
 
     def report(result: StageResult) -> str:

@@ -9,7 +9,7 @@ from prefect import task
 
 from tasks.common import StageContext
 from tasks.stage_cache import StageResult
-from tasks.train_backbone import run_training
+from tasks.train_backbone import CODE, run_training
 
 
 @task(name="retrain", task_run_name="retrain[{ctx.label}]", tags=["stage", "backbone", "gpu"],
@@ -26,4 +26,4 @@ def retrain_task(
     Classes are the labelled ones plus the pseudo classes offset past them; each row's loss is
     weighted by its ``weight`` column (cluster confidence for pseudo rows).
     """
-    return run_training(ctx, "retrain", data, train, merged, init, "tasks/retrain.py")
+    return run_training(ctx, "retrain", data, train, merged, init, ("tasks.retrain", *CODE))

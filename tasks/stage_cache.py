@@ -1,18 +1,22 @@
 """File-based stage cache: a stage whose outputs for the same inputs, parameters and code exist is skipped.
 
-How the key is formed (``stage_key``): sha256 over a canonical JSON document of
+How the key is formed (``key_document``, ``stage_key``): sha256 over a canonical JSON document of
 
 * the stage name;
 * its parameters (sorted keys; runtime-only settings such as device and worker count are left out,
   as they change how a stage runs, not what it computes);
-* its inputs: the key of every upstream stage it reads (an upstream key already covers that
-  stage's own inputs, parameters and code, so the chain is content-addressed end to end), and a
-  fingerprint of every external input (see ``fingerprint_path``);
-* the code: sha256 of the syntax trees (comments, docstrings and layout left out) of the library
-  packages/modules the stage calls (e.g. ``backbone/`` for training) and of the task module itself.
+* what it reads from upstream stages: the sha256 of each upstream output (recorded in the upstream's
+  ``done.json``) and the upstream summary fields it names (``StageSpec.reads``), never the upstream
+  keys: an upstream recomputed to byte-identical outputs (after an edit of code it alone runs) keeps
+  every key below it;
+* a content fingerprint of every external input (``semiface.digests.path_fingerprint``: files by
+  sha256, sampled above 1 GiB; folders by relative paths and their files' digests, remembered per file
+  in ``<cache root>/.digests/`` so that a rerun reads only what changed; never location or mtime);
+* the code: ``tasks.stage_code.code_fingerprint`` of the stage's entry modules, i.e. the syntax trees
+  (no comments, docstrings, layout or Prefect decorators) of the repository modules they import.
 
 A stage writes into ``<cache root>/<stage>-<key[:16]>/`` and, last, ``done.json`` (atomic rename)
-recording the key, parameters, inputs, the summary and, for every output file, its size, mtime and
+recording the key, what it covered, the summary and, for every output file, its size, mtime and
 sha256. A later run with the same key finds ``done.json``, checks the outputs are still there
 and unchanged (same size; same mtime, or else the same sha256), and returns the recorded result
 without computing anything. A stage that crashed leaves no ``done.json``: it runs again, in the
@@ -21,33 +25,33 @@ A per-stage file lock makes two concurrent runs of the same stage compute it onc
 
 Library versions (torch, faiss...) are not part of the key: an upgrade does not retrain
 everything; pass the stage name in ``refresh`` (or delete its folder) to force a recomputation.
+docs/caching.md says all of this for users.
 """
 
 from __future__ import annotations
 
-import ast
 import fcntl
-import functools
 import hashlib
 import json
-import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semiface.atomic import save_json
-from semiface.digests import file_sha256
+from semiface.digests import file_sha256, files_digest, path_fingerprint
 from semiface.errors import DataError
+from tasks.stage_code import code_fingerprint, stage_modules
 
 DONE_FILE = "done.json"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Files this size or smaller are content-hashed as external inputs; larger ones by size, mtime
-# and the hash of their first and last MiB (hashing a 100 GB RecordIO file on every run is not an option).
-FULL_HASH_LIMIT = 64 << 20
-_EDGE = 1 << 20
+# Under the cache root: the per-file content digests of external inputs (semiface.digests.DigestMemo).
+DIGEST_FOLDER = ".digests"
+# Summary field of the data stages: the content of the images their manifest's rows are read from (the
+# listed files of an image folder or of the generated demo faces, the RecordIO files, an evaluation set's
+# inputs). Stages that read images name it in StageSpec.reads: their keys follow the images' bytes, not
+# where the images are mounted.
+IMAGE_DIGEST = "image_digest"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class StageResult:
     summary: dict[str, Any]
     cached: bool = False
     seconds: float = 0.0
+    digests: dict[str, str] = field(default_factory=dict)  # output name -> sha256 of its bytes
 
     def path(self, name: str) -> Path:
         """The output file ``name`` (KeyError naming the known outputs)."""
@@ -77,127 +82,79 @@ class StageSpec:
     params: dict[str, Any]
     upstream: tuple[StageResult, ...] = ()
     external: dict[str, str] = field(default_factory=dict)  # name -> path of an input outside the cache
-    code: tuple[str, ...] = ()  # repo-relative files or folders whose .py sources the stage runs
+    # Entry modules (dotted): the stage's task module, and any module it reaches only by a name built at
+    # run time; the repository modules they import are hashed (tasks.stage_code).
+    code: tuple[str, ...] = ()
     runtime: dict[str, Any] = field(default_factory=dict)  # recorded, not hashed (device, workers)
+    reads: tuple[str, ...] = ()  # upstream summary fields the stage reads: hashed beside the upstream outputs
 
 
-def stage_key(spec: StageSpec) -> str:
-    """The cache key of ``spec`` (see the module docstring)."""
-    document = {
+def key_document(spec: StageSpec, digest_dir: str | Path | None = None) -> dict[str, Any]:
+    """What the key of ``spec`` covers (see the module docstring); ``digest_dir`` remembers per-file digests."""
+    return {
         "stage": spec.stage,
         "params": spec.params,
-        "upstream": upstream_keys(spec.upstream),
-        "external": {name: fingerprint_path(path) for name, path in sorted(spec.external.items())},
-        "code": code_fingerprint(spec.code),
+        "upstream": upstream_content(spec.upstream, spec.reads),
+        "external": {name: path_fingerprint(path, digest_dir) for name, path in sorted(spec.external.items())},
+        "code": code_fingerprint(tuple(spec.code)),
     }
-    return _sha256_text(_canonical(document))
 
 
-def upstream_keys(upstream: Iterable[StageResult]) -> dict[str, str]:
-    """Stage name -> key of each upstream result; a second result of the same stage (two kNN graphs,
-    say) is named ``<stage>#2``, so that every one of them is in the key."""
-    keys: dict[str, str] = {}
+def stage_key(spec: StageSpec, digest_dir: str | Path | None = None) -> str:
+    """The cache key of ``spec``: sha256 of its canonical ``key_document``."""
+    return content_digest_of(key_document(spec, digest_dir))
+
+
+def content_digest_of(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value`` (sorted keys): the same content, the same digest."""
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
+
+
+def upstream_content(upstream: Iterable[StageResult], reads: Iterable[str] = ()) -> dict[str, Any]:
+    """Stage name -> the digests of its outputs and the summary fields in ``reads`` it has; a second
+    result of the same stage (two kNN graphs, say) is named ``<stage>#2``, so that every one counts.
+
+    ValueError for a result without the digest of an output (one not made by ``StageStore``)."""
+    fields = sorted(set(reads))
+    content: dict[str, Any] = {}
     for result in upstream:
+        if set(result.digests) != set(result.outputs):
+            raise ValueError(f"upstream stage {result.stage!r} carries no content digest for output(s) "
+                             f"{sorted(set(result.outputs) - set(result.digests))}")
         name, count = result.stage, 1
-        while name in keys:
+        while name in content:
             count += 1
             name = f"{result.stage}#{count}"
-        keys[name] = result.key
-    return keys
-
-
-def code_fingerprint(sources: Iterable[str]) -> str:
-    """sha256 of the (relative path, code) of every .py file under the given repo paths, sorted.
-
-    The code is the file's syntax tree without docstrings (``code_text``): a comment, a docstring or
-    a reformatting does not make a new key (a trained backbone is not thrown away for a comment).
-    """
-    digest = hashlib.sha256()
-    for rel in sorted(set(sources)):
-        root = REPO_ROOT / rel
-        if root.is_dir():
-            files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
-        elif root.is_file():
-            files = [root]
-        else:
-            raise FileNotFoundError(f"code fingerprint: {rel} does not exist under {REPO_ROOT}")
-        for path in files:
-            digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
-            digest.update(b"\0")
-            digest.update(code_text(path.read_text(encoding="utf-8")).encode())
-    return digest.hexdigest()
-
-
-# CPython 3.11 keeps one AST-construction recursion counter per interpreter, shared by its threads, so two
-# threads parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
-# (python/cpython#106905); the stages of two sweep runs side by side (max_parallel > 1) fingerprint their
-# code in threads. One parse at a time; a module read again unchanged (every stage of a run fingerprints
-# the same packages) is not parsed again.
-_PARSE_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=1024)
-def code_text(source: str) -> str:
-    """What a module computes, as text: its syntax tree (no comments, no layout) without docstrings."""
-    with _PARSE_LOCK:
-        tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
-
-
-def fingerprint_path(path: str | Path) -> dict[str, Any]:
-    """A cheap but change-sensitive fingerprint of an external input file or folder.
-
-    File <= 64 MiB: sha256 of its bytes. Larger file: size, mtime and sha256 of the first and
-    last MiB. Folder: sha256 over the sorted (relative path, size, mtime) of every file in it.
-    Where the input lives is not part of it: the same data moved to another root (``mv`` keeps
-    mtimes) or mounted elsewhere by another worker keeps its fingerprint.
-    """
-    path = Path(path).resolve()
-    if path.is_file():
-        stat = path.stat()
-        if stat.st_size <= FULL_HASH_LIMIT:
-            return {"sha256": file_sha256(path)}
-        with open(path, "rb") as handle:
-            head = handle.read(_EDGE)
-            handle.seek(-_EDGE, os.SEEK_END)
-            tail = handle.read(_EDGE)
-        return {
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "edges_sha256": hashlib.sha256(head + tail).hexdigest(),
-        }
-    if path.is_dir():
-        digest = hashlib.sha256()
-        count = 0
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                stat = full.stat()
-                digest.update(f"{full.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-                count += 1
-        return {"files": count, "listing_sha256": digest.hexdigest()}
-    raise DataError(path, "input not found")
+        content[name] = {"outputs": dict(result.digests),
+                         "summary": {f: result.summary[f] for f in fields if f in result.summary}}
+    return content
 
 
 class StageStore:
-    """The cache root: one folder per (stage, key)."""
+    """The cache root: one folder per (stage, key), and the remembered digests of external inputs."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.digest_dir = self.root / DIGEST_FOLDER
 
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key[:16]}"
 
+    def key(self, spec: StageSpec) -> str:
+        """``stage_key(spec)``, remembering the digests of external input files under this root."""
+        return stage_key(spec, self.digest_dir)
+
+    def fingerprint(self, path: str | Path) -> dict[str, Any]:
+        """``path_fingerprint(path)`` with this root's remembered digests (cheap right after ``key``)."""
+        return path_fingerprint(path, self.digest_dir)
+
+    def files_digest(self, root: str | Path, rels: Iterable[str]) -> str:
+        """``files_digest(root, rels)`` with this root's remembered digests: the content of the listed files."""
+        return files_digest(root, rels, self.digest_dir)
+
     def lookup(self, spec: StageSpec, key: str | None = None) -> StageResult | None:
         """The recorded result of ``spec`` when its outputs are complete and unchanged, else None."""
-        key = key or stage_key(spec)
+        key = key or self.key(spec)
         folder = self.stage_dir(spec.stage, key)
         record = _read_done(folder / DONE_FILE)
         if record is None or record.get("key") != key:
@@ -209,7 +166,8 @@ class StageStore:
                 return None
             outputs[name] = str(path)
         return StageResult(spec.stage, key, str(folder), outputs, record["summary"], cached=True,
-                           seconds=float(record.get("seconds", 0.0)))
+                           seconds=float(record.get("seconds", 0.0)),
+                           digests={name: meta["sha256"] for name, meta in record["outputs"].items()})
 
     def run(
         self,
@@ -222,7 +180,8 @@ class StageStore:
         ``compute(stage_dir)`` writes its files inside ``stage_dir`` and returns (outputs by name,
         summary). ``refresh`` recomputes even when a valid result exists.
         """
-        key = stage_key(spec)
+        document = key_document(spec, self.digest_dir)
+        key = content_digest_of(document)
         folder = self.stage_dir(spec.stage, key)
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(folder.with_name(folder.name + ".lock")):
@@ -257,24 +216,20 @@ class StageStore:
                     "seconds": round(seconds, 3),
                     "params": spec.params,
                     "runtime": spec.runtime,
-                    "upstream": upstream_keys(spec.upstream),
-                    "external": dict(spec.external),
-                    "code": list(spec.code),
+                    # What the key covered, readable: diff two records to see why a stage was keyed anew.
+                    "upstream": {name: {"key": result.key, **content} for (name, content), result
+                                 in zip(document["upstream"].items(), spec.upstream, strict=True)},
+                    "external": {name: {"path": str(spec.external[name]), **fingerprint}
+                                 for name, fingerprint in document["external"].items()},
+                    "code": {"entries": list(spec.code), "modules": list(stage_modules(tuple(sorted(set(spec.code))))),
+                             "sha256": document["code"]},
                     "outputs": recorded,
                     "summary": summary,
                 },
             )
         return StageResult(spec.stage, key, str(folder), {n: str(folder / m["file"]) for n, m in recorded.items()},
-                           summary, cached=False, seconds=seconds)
-
-
-def result_from_dict(values: Mapping[str, Any]) -> StageResult:
-    """Rebuild a StageResult passed through JSON (e.g. a deployment's parameters)."""
-    return StageResult(**values)
-
-
-def result_to_dict(result: StageResult) -> dict[str, Any]:
-    return asdict(result)
+                           summary, cached=False, seconds=seconds,
+                           digests={n: m["sha256"] for n, m in recorded.items()})
 
 
 def _unchanged(path: Path, meta: Mapping[str, Any]) -> bool:
@@ -329,7 +284,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cache key: cannot canonicalise {type(value).__name__}")
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

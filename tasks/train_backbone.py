@@ -11,9 +11,10 @@ from prefect import get_run_logger, task
 from semiface.markdown import markdown_table
 from tasks.common import Progress, StageContext, execute, png_markdown
 from tasks.plots import plot_training_curve
-from tasks.stage_cache import StageResult, StageSpec
+from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
-CODE = ("backbone", "semiface")
+# The entry modules of the training stages' code; torchrun runs backbone.train by name (-m).
+CODE = ("tasks.train_backbone", "backbone.train")
 # TrainConfig fields the task sets itself (from the run context or upstream stages).
 TASK_OWNED = frozenset({"device", "num_workers", "verbose", "init"})
 # Training options that say how the stage launches training, not TrainConfig fields:
@@ -28,7 +29,7 @@ def run_training(
     train: dict[str, Any],
     manifest: StageResult | None,
     init: StageResult | None,
-    code_file: str,
+    code: tuple[str, ...],
     holdout: float = 0.0,
     seed: int = 0,
 ) -> StageResult:
@@ -41,8 +42,7 @@ def run_training(
     params: dict[str, Any] = {"train": train, "init": "upstream" if init else "scratch"}
     if holdout:
         params["clusterer_holdout"] = {"share": holdout, "seed": seed}
-    spec = StageSpec(stage, params, upstream,
-                     code=(*CODE, code_file, "clustering/clusterer_holdout.py"),
+    spec = StageSpec(stage, params, upstream, code=code, reads=(IMAGE_DIGEST,),
                      runtime={"device": ctx.device, "num_workers": ctx.num_workers})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -113,4 +113,4 @@ def train_backbone_task(
 ) -> StageResult:
     """The first model: trained on the labelled rows only (without ``holdout`` > 0, it is also the
     lower bound); ``holdout``: the share of labelled identities kept for the clusterer."""
-    return run_training(ctx, "train_backbone", data, train, None, None, "tasks/train_backbone.py", holdout, seed)
+    return run_training(ctx, "train_backbone", data, train, None, None, CODE, holdout, seed)

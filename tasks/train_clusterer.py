@@ -19,7 +19,6 @@ from semiface.markdown import markdown_table
 from tasks.common import Progress, StageContext, execute, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
-CODE = ("clustering", "semiface")
 # Method parameters that change where or how a method runs, not what it computes: set by the
 # task (device from the run, checkpoints inside the stage folder), left out of the cache key.
 RUNTIME_PARAMS = frozenset({"device", "work_dir", "checkpoint", "progress"})
@@ -97,7 +96,7 @@ def train_clusterer_task(
     if fit_share < 1.0:
         key["fit_share"] = {"share": round(fit_share, 6), "seed": seed}
     spec = StageSpec("train_clusterer", key, (data, features, knn),
-                     code=(*CODE, "tasks/train_clusterer.py"), runtime={"device": ctx.device})
+                     code=("tasks.train_clusterer",), runtime={"device": ctx.device})
 
     def compute(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
         model = build_method(method, key_params, ctx.device, work=folder / "work")

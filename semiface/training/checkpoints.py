@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiface.atomic import atomic_path
+from semiface.atomic import atomic_open
 from semiface.errors import ConfigError, DataError
 
 
@@ -30,8 +30,10 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
 
 def save_model_file(path: str | Path, kind: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` with its ``kind`` tag to ``path`` atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": kind, **payload}, tmp)
+    # To a file object, not the temporary's path: torch names the archive inside the file after the path
+    # (a random temporary name), and the same model would not be the same bytes twice.
+    with atomic_open(path) as handle:
+        torch.save({"format": kind, **payload}, handle)
     return Path(path)
 
 
