@@ -24,6 +24,14 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.notifications import notify_failure
+from flows.preflight import (
+    check_device_here,
+    check_distractor_sizes,
+    check_prepared_distractors,
+    known_distractor_count,
+    runtime_eval_set,
+)
 from semiface.atomic import save_json
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
@@ -127,7 +135,8 @@ def validate_eval_set(data_source: str, data_options: dict[str, Any], eval_set: 
             raise DataError(path, f"eval_set.{name}: not found")
 
 
-@flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True)
+@flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True,
+      on_failure=[notify_failure], on_crashed=[notify_failure])
 def semi_supervised(
     data_source: DataSource = "demo",
     data_path: str | None = None,
@@ -209,10 +218,14 @@ def semi_supervised(
     unknown = sorted(set(refresh or ()) - set(STAGES))
     if unknown:
         raise ConfigError(f"refresh: unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
+    check_device_here(device)  # a GPU deployment picked up by a worker without one fails here, naming why
     data_path = runtime_data_path(data_source, data_path)
+    eval_set = runtime_eval_set(eval_set)
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
     validate_eval_set(data_source, data_options, eval_set)
+    check_distractor_sizes(sizes, known_distractor_count(data_source, data_path, data_options, eval_set, seed),
+                           explicit=distractor_sizes is not None)
     if not 0.0 <= clusterer_holdout < 1.0:
         raise ConfigError(f"clusterer_holdout: a share of the labelled identities in [0, 1), got {clusterer_holdout}")
     if clusterer_holdout and not has_images:
@@ -233,6 +246,9 @@ def semi_supervised(
     data = with_current_inputs(result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed),
                                data_source, data_path, data_options)
     eval_data = with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set) if eval_set else None
+    if has_images:  # the distractors there are, counted, before anything is trained
+        check_prepared_distractors(sizes, distractor_sizes is not None, (eval_data or data).summary,
+                                   "the evaluation set" if eval_data else f"the {data_source} split")
 
     def evaluation(model: StageResult, name: str, model_features: StageResult | None = None) -> StageResult:
         """Identification with ``model`` on the source's split (its features given or extracted) or on eval_set."""
