@@ -66,6 +66,7 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
         return
     subject, body = failure_message(flow.name, flow_run, state)
     try:
+        import prefect.blocks.notifications  # noqa: F401  (registers Prefect's notification block types)
         from prefect.blocks.core import Block
 
         Block.load(name).notify(body=body, subject=subject)
