@@ -44,7 +44,7 @@ from tasks.extract_features import extract_features_task
 from tasks.merge_pseudo_labels import merge_pseudo_labels_task
 from tasks.prepare_data import check_inputs, data_options_for, with_current_inputs
 from tasks.prepare_data import prepare_data as prepare_data_task
-from tasks.prepare_eval import eval_set_inputs, prepare_eval_task, with_image_links
+from tasks.prepare_eval import aligned_eval_set, eval_set_inputs, prepare_eval_task, with_image_links
 from tasks.retrain import retrain_task
 from tasks.stage_cache import StageResult
 from tasks.train_backbone import LAUNCH_OPTIONS, TASK_OWNED, train_backbone_task
@@ -55,7 +55,7 @@ LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
 ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
 # The cached stages, by the names ``refresh`` takes (their folders under <run_dir>/stages carry them too).
-STAGES = ("prepare_data", "prepare_eval", "train_backbone", "extract_features", "embed_dlib", "evaluate",
+STAGES = ("prepare_data", "prepare_eval", "align_eval", "train_backbone", "extract_features", "embed_dlib", "evaluate",
           "build_knn", "train_clusterer", "cluster", "merge_pseudo_labels", "retrain")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 # The Prefect Variable an empty ``data_path`` is read from, per source, when the run starts (not when
@@ -245,7 +245,8 @@ def semi_supervised(
 
     data = with_current_inputs(result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed),
                                data_source, data_path, data_options)
-    eval_data = with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set) if eval_set else None
+    eval_data = aligned_eval_set(ctx, with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set),
+                                 image_size) if eval_set else None
     if has_images:  # the distractors there are, counted, before anything is trained
         check_prepared_distractors(sizes, distractor_sizes is not None, (eval_data or data).summary,
                                    "the evaluation set" if eval_data else f"the {data_source} split")
