@@ -141,3 +141,63 @@ def test_ms1m_fulls_evaluation_set_is_read_from_the_variables_when_the_run_start
     for key, value in values.items():
         assert prefect("variable", "set", f"megaface_{key}", str(value), env=env).returncode == 0
     assert json.loads(client_script(env, script)) == {key: str(value) for key, value in values.items()}
+
+
+TINY_FOLDER_RUN = {
+    "data_source": "folder", "data_options": {"labelled": 0.6, "unlabelled": 0.4}, "labels": "labelled_only",
+    "method": "knn_uf", "backbone": "resnet10t", "epochs": 1, "train_options": {"batch_size": 8}, "k": 8,
+    "device": "cpu", "num_workers": 0, "extract_batch_size": 64,
+}
+
+
+def test_distractor_sizes_beyond_the_set_fail_the_run_before_training(gpu_pool, tmp_path, face_folders):
+    """Counted up front (the demo's settings) or right after the data stages (a folder): never silently capped."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.semi_supervised import semi_supervised
+    from semiface.errors import ConfigError
+
+    faces, probes, distractors = face_folders
+    with temporary_settings({PREFECT_API_URL: gpu_pool["env"]["PREFECT_API_URL"]}):
+        with pytest.raises(ConfigError, match=r"\[1000\] larger than the 30 distractor images of the demo"):
+            semi_supervised(run_dir=str(tmp_path / "demo"), data_source="demo", device="cpu",
+                            data_options={"n_distractor_ids": 30}, distractor_sizes=[10, 1000])
+        assert not (tmp_path / "demo").exists()
+        run_dir = tmp_path / "folder"
+        with pytest.raises(ConfigError, match=r"\[25\] larger than the 20 distractor images of the evaluation set"):
+            semi_supervised(run_dir=str(run_dir), data_path=str(faces), image_size=32, distractor_sizes=[5, 25],
+                            eval_set={"probes": str(probes), "distractors": str(distractors)}, **TINY_FOLDER_RUN)
+    assert {p.parent.name.split("-")[0] for p in (run_dir / "stages").glob("*/done.json")} <= {"prepare_data", "prepare_eval"}
+    assert not list((run_dir / "stages").glob("train_backbone-*"))
+
+
+def test_an_unaligned_eval_set_is_aligned_once_in_its_own_stage_and_evaluated_aligned(gpu_pool, tmp_path,
+                                                                                      face_folders):
+    """The generated faces are 32 px; the model takes 48: the set is aligned (stage align_eval), the evaluation
+    reads the aligned images, and a rerun reuses the stage."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.semi_supervised import semi_supervised
+
+    faces, probes, distractors = face_folders
+    run_dir = tmp_path / "run"
+    params = {**TINY_FOLDER_RUN, "image_size": 48, "distractor_sizes": [5, 20], "run_dir": str(run_dir),
+              "data_path": str(faces), "eval_set": {"probes": str(probes), "distractors": str(distractors)}}
+    with temporary_settings({PREFECT_API_URL: gpu_pool["env"]["PREFECT_API_URL"]}):
+        summary = semi_supervised(**params)
+        (done,) = (run_dir / "stages").glob("align_eval-*/done.json")
+        record = json.loads(done.read_text())
+        assert record["summary"]["aligned"] == 12 + 20
+        listed = (done.parent / "no_face.txt").read_text().split()
+        assert len(listed) == sum(record["summary"]["no_face"].values())
+        from PIL import Image
+
+        aligned = sorted((done.parent / "images").rglob("*.png"))
+        assert len(aligned) == 32 and all(Image.open(path).size == (48, 48) for path in aligned)
+        results = json.loads(Path(summary["results_before"]).read_text())
+        assert "align_eval" in results["inputs"]["manifest"] and results["inputs"]["n_distractor_rows"] == 20
+        stamp = done.stat().st_mtime_ns
+        semi_supervised(**params)
+    assert done.stat().st_mtime_ns == stamp  # the aligned set is a cached stage
