@@ -3,8 +3,9 @@
 # Docker work pool that runs flow runs in it.
 #   docker build -t semiface:latest .
 #   docker run --rm --gpus all semiface:latest          # prints what torch and faiss see (make check-gpu)
-# torch's pip wheel brings its own CUDA libraries: the host needs an NVIDIA driver recent enough for them and the
-# NVIDIA Container Toolkit; the base image's CUDA only has to be no newer than the driver.
+# torch's pip wheel brings its own CUDA libraries (torch 2.14.1 from PyPI: CUDA 13.0, so an NVIDIA driver >= 580 on
+# the host, semiface.devices.MIN_DRIVER) and the host needs the NVIDIA Container Toolkit; the base image's CUDA only
+# has to be no newer than the driver.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu22.04
 FROM ${CUDA_IMAGE}
 
