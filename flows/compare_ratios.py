@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 
+from flows.notifications import notify_failure
 from flows.semi_supervised import semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
 from semiface.errors import ConfigError, DataError
@@ -121,7 +122,7 @@ def with_run_parameters(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@flow(name="compare-ratios", log_prints=True)
+@flow(name="compare-ratios", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 @with_run_parameters
 def compare_ratios(
     ratios: list[float] | None = None,

@@ -24,6 +24,14 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.notifications import notify_failure
+from flows.preflight import (
+    check_device_here,
+    check_distractor_sizes,
+    check_prepared_distractors,
+    known_distractor_count,
+    runtime_eval_set,
+)
 from semiface.atomic import save_json
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
@@ -36,7 +44,7 @@ from tasks.extract_features import extract_features_task
 from tasks.merge_pseudo_labels import merge_pseudo_labels_task
 from tasks.prepare_data import check_inputs, data_options_for, with_current_inputs
 from tasks.prepare_data import prepare_data as prepare_data_task
-from tasks.prepare_eval import eval_set_inputs, prepare_eval_task, with_image_links
+from tasks.prepare_eval import aligned_eval_set, eval_set_inputs, prepare_eval_task, with_image_links
 from tasks.retrain import retrain_task
 from tasks.stage_cache import StageResult
 from tasks.train_backbone import LAUNCH_OPTIONS, TASK_OWNED, train_backbone_task
@@ -47,7 +55,7 @@ LabelsMode = Literal["clusters", "ground_truth", "labelled_only"]
 ClusterFeatures = Literal["backbone", "dlib"]
 DEVICES = ("auto", "cpu", "cuda")
 # The cached stages, by the names ``refresh`` takes (their folders under <run_dir>/stages carry them too).
-STAGES = ("prepare_data", "prepare_eval", "train_backbone", "extract_features", "embed_dlib", "evaluate",
+STAGES = ("prepare_data", "prepare_eval", "align_eval", "train_backbone", "extract_features", "embed_dlib", "evaluate",
           "build_knn", "train_clusterer", "cluster", "merge_pseudo_labels", "retrain")
 DEFAULT_SIZES = [10, 100, 1000, 10_000, 100_000, 1_000_000]
 # The Prefect Variable an empty ``data_path`` is read from, per source, when the run starts (not when
@@ -127,7 +135,8 @@ def validate_eval_set(data_source: str, data_options: dict[str, Any], eval_set: 
             raise DataError(path, f"eval_set.{name}: not found")
 
 
-@flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True)
+@flow(name="semi-supervised", flow_run_name="semi-supervised[{label}]", log_prints=True,
+      on_failure=[notify_failure], on_crashed=[notify_failure])
 def semi_supervised(
     data_source: DataSource = "demo",
     data_path: str | None = None,
@@ -209,10 +218,14 @@ def semi_supervised(
     unknown = sorted(set(refresh or ()) - set(STAGES))
     if unknown:
         raise ConfigError(f"refresh: unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
+    check_device_here(device)  # a GPU deployment picked up by a worker without one fails here, naming why
     data_path = runtime_data_path(data_source, data_path)
+    eval_set = runtime_eval_set(eval_set)
     validate_parameters(data_source, data_path, data_options, method, method_params, ratio, labels, device,
                         k, min_cluster_size, min_confidence, sizes)
     validate_eval_set(data_source, data_options, eval_set)
+    check_distractor_sizes(sizes, known_distractor_count(data_source, data_path, data_options, eval_set, seed),
+                           explicit=distractor_sizes is not None)
     if not 0.0 <= clusterer_holdout < 1.0:
         raise ConfigError(f"clusterer_holdout: a share of the labelled identities in [0, 1), got {clusterer_holdout}")
     if clusterer_holdout and not has_images:
@@ -232,7 +245,11 @@ def semi_supervised(
 
     data = with_current_inputs(result_of(prepare_data_task, ctx, data_source, data_path, data_options, seed),
                                data_source, data_path, data_options)
-    eval_data = with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set) if eval_set else None
+    eval_data = aligned_eval_set(ctx, with_image_links(ctx, result_of(prepare_eval_task, ctx, eval_set), eval_set),
+                                 image_size) if eval_set else None
+    if has_images:  # the distractors there are, counted, before anything is trained
+        check_prepared_distractors(sizes, distractor_sizes is not None, (eval_data or data).summary,
+                                   "the evaluation set" if eval_data else f"the {data_source} split")
 
     def evaluation(model: StageResult, name: str, model_features: StageResult | None = None) -> StageResult:
         """Identification with ``model`` on the source's split (its features given or extracted) or on eval_set."""

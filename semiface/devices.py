@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import socket
 import warnings
 from pathlib import Path
 
@@ -51,6 +53,14 @@ def explain_cuda_problem(driver: str | None, cuda_build: str | None, available: 
     return f"an NVIDIA driver ({driver}) is loaded but torch (CUDA {cuda_build}) sees no usable GPU (CUDA_VISIBLE_DEVICES? device busy?)"
 
 
+def where_am_i() -> str:
+    """This host, torch's build and the GPUs it is allowed to see: what a "no GPU here" message names."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = "unset" if visible is None else repr(visible)
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return f"host {socket.gethostname()} (torch {torch.__version__}, {build}; CUDA_VISIBLE_DEVICES {shown})"
+
+
 @functools.cache
 def _warn_cpu_fallback(problem: str) -> None:
     message = f"device=auto falls back to the CPU although this machine has an NVIDIA GPU: {problem}"
@@ -74,7 +84,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     except RuntimeError as exc:
         raise ConfigError(f"device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} asked for but CUDA is not available: {cuda_problem() or 'no NVIDIA driver is loaded'}")
+        raise ConfigError(f"device: {spec!r} asked for but CUDA is not available on {where_am_i()}: "
+                          f"{cuda_problem() or 'no NVIDIA driver is loaded'}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device: {spec!r} asked for but torch sees {torch.cuda.device_count()} GPU(s)")
     return device

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from recognition_eval.identification import DEFAULT_SIZES
 from semiface.markdown import markdown_table
@@ -57,7 +57,7 @@ def evaluate_task(
 
     def report(result: StageResult) -> str:
         s = result.summary
-        text = (f"**{model_name}**: rank-1 {100 * s['rank1_at_largest']:.2f} % at {s['largest_size']} distractors "
+        text = capped_note(sizes, s["largest_size"]) + (f"**{model_name}**: rank-1 {100 * s['rank1_at_largest']:.2f} % at {s['largest_size']} distractors "
                 f"({s['n_pairs']} probe pairs).\n\n" + markdown_table(identification_rows(result, model_name)))
         return text + "\n" + "".join(png_markdown(result.outputs[name], name.replace("_", " ")) for name in PLOTS)
 
@@ -69,3 +69,15 @@ def identification_rows(result: StageResult, model_name: str) -> list[dict[str, 
     """One row per distractor-set size: the model, the size label and rank-1."""
     return [{"model": model_name, "distractors": size, "rank1": value}
             for size, value in result.summary["rank1"].items()]
+
+
+def capped_note(sizes: Sequence[int], largest: int) -> str:
+    """A loud line (report and run log) when sizes above the distractors there are were evaluated at all of
+    them (the flow's default sizes; sizes a caller chose are refused before the run instead)."""
+    capped = sorted(int(size) for size in sizes if int(size) > largest)
+    if not capped:
+        return ""
+    note = (f"distractor sizes {capped} asked for, but the set holds {largest:,} distractors: "
+            f"those sizes were evaluated at {largest:,}")
+    get_run_logger().warning(note)
+    return f"**Capped: {note}.**\n\n"

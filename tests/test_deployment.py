@@ -23,6 +23,7 @@ from tasks.common import FAULT_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL = "semiface"
+GPU_POOL = "semiface-gpu"
 # The demo deployment with tiny data and the shortest route (lower bound: train, extract, evaluate; the
 # deployment holds 30 % of the labelled identities out for the clusterer, so the lower bound is retrained too).
 OVERRIDES = {
@@ -96,8 +97,9 @@ def deployed(tmp_path_factory) -> Iterator[tuple[dict[str, str], Path]]:
     worker = None
     try:
         wait_healthy(env["PREFECT_API_URL"], server, timeout=180)
-        created = prefect("work-pool", "create", POOL, "--type", "process", env=env)
-        assert created.returncode == 0, created.stdout + created.stderr
+        for pool in (POOL, GPU_POOL):  # prefect.yaml's ms1m deployments go to the GPU pool
+            created = prefect("work-pool", "create", pool, "--type", "process", env=env)
+            assert created.returncode == 0, created.stdout + created.stderr
         deployed = prefect("--no-prompt", "deploy", "--all", env=env, timeout=180)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         assert all(f"semi-supervised/{name}" in deployed.stdout for name in ("demo", "ms1m", "ms1m-clusformer"))

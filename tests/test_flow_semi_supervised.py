@@ -308,8 +308,9 @@ def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_
     probe_image = sorted((moved / "facescrub").rglob("*.png"))[0]
     noise.write_text("\n".join(distractor_paths[:5]) + "\n")
     (tmp_path / "facescrub_noises.txt").write_text(probe_image.relative_to(moved / "facescrub").as_posix() + "\n")
-    cleaned = semi_supervised(
-        run_dir=str(run_dir), data_path=str(moved / "faces"), **params, return_state=True,
+    cleaned = semi_supervised(  # 15 distractors left: a size of 20 would now be refused, not capped
+        run_dir=str(run_dir), data_path=str(moved / "faces"), **{**params, "distractor_sizes": [5, 15]},
+        return_state=True,
         eval_set={"probes": str(moved / "facescrub"), "distractors": str(moved / "megaface" / "FlickrFinal2"),
                   "distractor_noise": str(noise), "probe_noise": str(tmp_path / "facescrub_noises.txt")})
     results = json.loads(Path(cleaned.result()["results_before"]).read_text())
