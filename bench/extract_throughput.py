@@ -82,12 +82,12 @@ def run_case(config: ModelConfig, device: torch.device, manifest: Path, warmup: 
 
 
 def _format(rows: list[dict]) -> str:
-    header = (f"{'trunk':<10} {'px':>4} {'device':<6} {'precision':<9} {'GMACs':>6} {'images':>6} {'batch':>5} {'workers':>7} {'img/s':>8} "
+    header = (f"{'trunk':<11} {'px':>4} {'device':<6} {'precision':<9} {'GMACs':>7} {'images':>6} {'batch':>5} {'workers':>7} {'img/s':>8} "
               f"{'seconds':>8} {'peak RSS MiB':>12} {'added MiB':>9} {'GPU MiB':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
-        lines.append(f"{r['trunk']:<10} {r['image_size']:>4} {r['device']:<6} {r['precision']:<9} {r['gmacs_per_image']:>6.2f} "
+        lines.append(f"{r['trunk']:<11} {r['image_size']:>4} {r['device']:<6} {r['precision']:<9} {r['gmacs_per_image']:>7.3f} "
                      f"{r['images']:>6} {r['batch']:>5} "
                      f"{r['workers']:>7} {r['img_per_s']:>8.1f} {r['seconds']:>8.1f} {r['peak_rss_mib']:>12.0f} "
                      f"{r['added_rss_mib']:>9.0f} {gpu:>8}")

@@ -92,13 +92,13 @@ def run_case(config: ModelConfig, device: torch.device, batch: int, warmup: int,
 
 
 def _format(rows: list[dict]) -> str:
-    header = f"{'trunk':<10} {'px':>4} {'device':<6} {'precision':<9} {'batch':>5} {'GMACs':>6} {'train img/s':>11} " \
+    header = f"{'trunk':<11} {'px':>4} {'device':<6} {'precision':<9} {'batch':>5} {'GMACs':>7} {'train img/s':>11} " \
              f"{'extract img/s':>13} {'peak RSS MiB':>12} {'GPU train/extract MiB':>21}"
     lines = [header, "-" * len(header)]
     for r in rows:
         gpu = "-" if r["train_peak_gpu_mib"] is None else f"{r['train_peak_gpu_mib']:.0f}/{r['extract_peak_gpu_mib']:.0f}"
-        lines.append(f"{r['trunk']:<10} {r['image_size']:>4} {r['device']:<6} {r['precision']:<9} {r['batch']:>5} "
-                     f"{r['gmacs_per_image']:>6.2f} {r['train_img_per_s']:>11.1f} {r['extract_img_per_s']:>13.1f} {r['peak_rss_mib']:>12.0f} {gpu:>21}")
+        lines.append(f"{r['trunk']:<11} {r['image_size']:>4} {r['device']:<6} {r['precision']:<9} {r['batch']:>5} "
+                     f"{r['gmacs_per_image']:>7.3f} {r['train_img_per_s']:>11.1f} {r['extract_img_per_s']:>13.1f} {r['peak_rss_mib']:>12.0f} {gpu:>21}")
     return "\n".join(lines)
 
 
