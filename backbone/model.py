@@ -1,5 +1,9 @@
 """Face embedding model: a timm trunk without classifier, then an embedding head to 256-d.
 
+Trunks are named as in timm's registry: any timm model, and the face-recognition IR-ResNets of
+``backbone.iresnet`` (``iresnet18/34/50/100``; ``iresnet50`` is ArcFace's IR-50), which importing
+this module registers there.
+
 The head follows face-recognition practice (the ArcFace paper's "BN-Dropout-FC-BN" output
 layer): ``pooling="flatten"`` normalises the trunk's last feature map with BatchNorm2d and
 flattens it, keeping the spatial layout a face crop has; ``pooling="avg"`` uses timm's pooled
@@ -17,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+import backbone.iresnet  # noqa: F401  (registers the IR-ResNet trunks in timm's model registry)
 from semiface.errors import ConfigError, reject_unknown
 
 POOLINGS = ("flatten", "avg")
@@ -34,6 +39,10 @@ class ModelConfig:
     trunk_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # a hub or local source ("hf-hub:...") is resolved, and checked, when the model is built
+        if ":" not in self.trunk and not timm.is_model(self.trunk):
+            raise ConfigError(f"ModelConfig.trunk: {self.trunk!r} is not a timm model name nor one of "
+                              f"{list(backbone.iresnet.DEPTHS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"ModelConfig.pooling: {self.pooling!r} is not one of {list(POOLINGS)}")
         if self.image_size < 16:

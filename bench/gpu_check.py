@@ -2,9 +2,10 @@
 
 Stages (each in its own subprocess, so one failure or hang loses one stage and no more):
 
-* ``train``: ResNet50 at 112x112, ArcFace head, the real training step (``backbone.steps``; bf16
-  autocast and channels_last on CUDA): img/s and peak memory;
-* ``extract``: the real extraction step (flip TTA, ``backbone.extract.embed_with_flip``): img/s;
+* ``train``: ResNet50 at 112x112 (or the trunk ``--trunk`` names, e.g. ``iresnet50``), ArcFace head,
+  the real training step (``backbone.steps``; bf16 autocast and channels_last on CUDA): img/s, GMACs
+  per image (one forward pass, ``backbone.macs``) and peak memory;
+* ``extract``: the real extraction step (flip TTA, ``backbone.extract.embed_with_flip``): img/s, GMACs;
 * ``knn``: the exact kNN of 584K x 256 at k = 80 (``clustering.knn.build_knn``: GPU faiss when a
   working build is installed, else the exact torch kNN): seconds;
 * ``facet`` / ``clusformer``: inference of each method at its paper preset (untrained weights:
@@ -17,7 +18,7 @@ Stages (each in its own subprocess, so one failure or hang loses one stage and n
   (bf16 on CUDA) cosine to the float32 CPU embeddings, kNN neighbour recall against the exact CPU
   search, identification CMC, FaceT link probabilities, and a training run that must fit one batch.
 
-    PYTHONPATH=. python bench/gpu_check.py [--device auto] [--stages train knn ...] [--tiny]
+    PYTHONPATH=. python bench/gpu_check.py [--device auto] [--stages train knn ...] [--trunk iresnet50] [--tiny]
 
 ``--tiny --device cpu`` runs every stage at toy sizes in well under a minute (the test suite does).
 Imports are per stage: a machine with torch, timm, numpy and psutil runs every stage (no prefect,
@@ -109,6 +110,13 @@ def _batch(size: dict, batch: int, seed: int = 0):
     return images, torch.randint(0, size["classes"], (batch,), generator=generator), torch.ones(batch)
 
 
+def _gmacs(size: dict) -> float:
+    from backbone.macs import gmacs_per_image
+    from backbone.model import ModelConfig
+
+    return gmacs_per_image(ModelConfig(size["trunk"], size["image_size"]))
+
+
 def stage_train(size: dict, device) -> dict:
     import torch
 
@@ -129,7 +137,8 @@ def stage_train(size: dict, device) -> dict:
     losses = [train_step(model, optimizer, scaler, data, device, amp, 5.0) for _ in range(size["steps"])]
     _synchronize(device)
     seconds = time.perf_counter() - started
-    return {"train_img_per_s": size["batch"] * size["steps"] / seconds, "train_batch": size["batch"],
+    return {"train_img_per_s": size["batch"] * size["steps"] / seconds, "train_gmacs_per_image": _gmacs(size),
+            "train_trunk": size["trunk"], "train_batch": size["batch"],
             "train_precision": str(amp).replace("torch.", "") if amp else "float32",
             "train_loss_finite": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
             "train_peak_gpu_mib": _gpu_peak_mib(device)}
@@ -153,7 +162,8 @@ def stage_extract(size: dict, device) -> dict:
         for _ in range(size["steps"]):
             out = embed_with_flip(embedder, images, amp).cpu()
         seconds = time.perf_counter() - started
-    return {"extract_img_per_s": size["batch"] * size["steps"] / seconds, "extract_dim": int(out.shape[1]),
+    return {"extract_img_per_s": size["batch"] * size["steps"] / seconds, "extract_gmacs_per_image": _gmacs(size),
+            "extract_dim": int(out.shape[1]),
             "extract_peak_gpu_mib": _gpu_peak_mib(device)}
 
 
@@ -376,12 +386,12 @@ STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}
 # The parent: one subprocess per stage, a table, a JSON file.
 
 
-def run_stage(name: str, device: str, tiny: bool, timeout: float) -> dict:
+def run_stage(name: str, device: str, tiny: bool, timeout: float, trunk: str | None = None) -> dict:
     """Run one stage in a fresh interpreter; its figures, or ``error`` with the reason."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stage.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--device", device,
-                   "--child-out", str(out)] + (["--tiny"] if tiny else [])
+                   "--child-out", str(out)] + (["--tiny"] if tiny else []) + (["--trunk", trunk] if trunk else [])
         started = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -433,12 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--tiny", action="store_true", help="toy sizes (seconds on a CPU): checks the script itself")
+    parser.add_argument("--trunk", default=None,
+                        help="the trunk of the model stages, by name (default: resnet50; test_resnet with --tiny)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per stage (default: by size)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    size = SIZES["tiny" if args.tiny else "full"]
+    size = {**SIZES["tiny" if args.tiny else "full"], **({"trunk": args.trunk} if args.trunk else {})}
 
     if args.child:
         figures = STAGE_FUNCTIONS[args.child](size, _device(args.device))
@@ -451,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     stages = []
     for name in args.stages:
-        stages.append(run_stage(name, resolved, args.tiny, args.timeout or size["stage_timeout"]))
+        stages.append(run_stage(name, resolved, args.tiny, args.timeout or size["stage_timeout"], args.trunk))
         print(f"{name}: {stages[-1]['status'][:160]} ({stages[-1]['wall_s']:.1f} s)", flush=True)
     figures = {k: v for row in stages for k, v in row.items()}
     targets = verdicts(figures, checked=not args.tiny and resolved.startswith("cuda"))

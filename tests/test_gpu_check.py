@@ -27,8 +27,10 @@ def without_orchestration_packages(tmp_path) -> dict[str, str]:
 
 
 def test_tiny_cpu_run_reports_every_stage(tmp_path, without_orchestration_packages) -> None:
+    """With an IR trunk (``--trunk``, as the ms1m deployments train), passed on to every stage's process."""
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out)],
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out),
+                           "--trunk", "iresnet18"],
                           cwd=REPO_ROOT, env=without_orchestration_packages, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
@@ -36,6 +38,9 @@ def test_tiny_cpu_run_reports_every_stage(tmp_path, without_orchestration_packag
     assert list(stages) == ["train", "extract", "knn", "facet", "clusformer", "identification", "ddp", "parity"]
     assert all(row["status"] == "ok" for row in stages.values()), stages
     assert stages["train"]["train_img_per_s"] > 0 and stages["train"]["train_loss_finite"]
+    assert stages["train"]["train_trunk"] == "iresnet18"
+    # counted: 0.2125 GMACs per 32-px image (IR-18 at 112 px: 2.60, every layer scaling with the pixels)
+    assert 0.2 < stages["train"]["train_gmacs_per_image"] == stages["extract"]["extract_gmacs_per_image"] < 0.23
     assert stages["extract"]["extract_dim"] == 256
     assert stages["knn"]["knn_self_first"] == 1.0 and stages["knn"]["knn_rows"] == 2000
     assert stages["facet"]["facet_probs_finite"] and stages["clusformer"]["clusformer_probs_finite"]
