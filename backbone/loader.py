@@ -175,21 +175,23 @@ class BatchLoader(DataLoader):
 # Worker count
 
 
-def usable_cpus() -> int:
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
     """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (a container's limit)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_quota(cgroup)
     return max(1, min(cpus, quota)) if quota is not None else cpus
 
 
-def _cgroup_cpu_quota() -> int | None:
+def cgroup_cpu_quota(cgroup: Path = CGROUP) -> int | None:
     """CPUs allowed by the cgroup's CFS quota (v2 ``cpu.max``, or v1), rounded up; None when unlimited."""
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
         try:
-            fields = Path(quota_file).read_text().split()
+            fields = (cgroup / quota_file).read_text().split()
             if period_file is not None:
-                fields.append(Path(period_file).read_text().strip())
+                fields.append((cgroup / period_file).read_text().strip())
         except OSError:
             continue
         if fields[0] in ("max", "-1"):
