@@ -10,7 +10,7 @@ that is the recipe, and hands over uint8 NHWC pixels, never float (``backbone.mo
 model's input on the device). Worker count ``auto``: :func:`resolve_workers`.
 
 Needs torch, numpy and simplejpeg (torchvision for the device decode, albumentations for its recipe
-only), so a script on a bare GPU host can drive it with :func:`FaceBatches` and :func:`batch_loader`.
+only), so a script on a bare GPU host can drive it with :class:`FaceBatches` and :func:`batch_loader`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class FaceBatches(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: tuple[int, int]) -> ImageBatch:
+    def __getitem__(self, item: tuple[int, int]) -> ImageBatch | LoadFailure:
         return self.__getitems__([item])
 
     def __getitems__(self, items: list[tuple[int, int]]) -> ImageBatch | LoadFailure:
