@@ -2,7 +2,9 @@
 
 Rows are written in manifest order (every row, labelled or not) into ``np.lib.format.open_memmap``
 at a temporary path renamed onto ``out_path`` at the end: a failure leaves no partial file, and
-the features never have to fit in RAM.
+the features never have to fit in RAM. Images come through the training data path (``backbone.loader``):
+uint8 batches from the workers, JPEGs decoded on the GPU on CUDA (``decode``), the float input made on
+the device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone.checkpoint import load_embedder
@@ -44,16 +45,20 @@ def extract_features(
     out_path: Path,
     batch_size: int = 256,
     device: str = "auto",
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     record_file: Path | None = None,
     progress: Callable[[float], None] | None = None,
+    decode: str = "auto",
 ) -> Path:
     """Embed every manifest row with the model of ``checkpoint``; write float32 [N, D] to ``out_path``.
 
-    ``progress`` gets the percentage of rows done after each batch."""
-    # the data layer and its augmentation stack, imported where needed (embed_with_flip runs without them)
-    from backbone.augment import eval_transform
-    from backbone.data.dataset import ManifestImageDataset
+    ``num_workers``: data-loading processes (``auto``: ``backbone.loader.resolve_workers``); ``decode``:
+    where JPEGs are decoded (``backbone.model_input``). ``progress`` gets the percentage of rows done
+    after each batch."""
+    # the data layer, imported where needed (embed_with_flip runs without it)
+    from backbone.data.dataset import manifest_images
+    from backbone.loader import eval_loader
+    from backbone.model_input import device_batches
 
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
@@ -65,17 +70,17 @@ def extract_features(
     manifest = read_manifest(manifest_path)
     if len(manifest) == 0:
         raise DataError(manifest_path, "manifest has no rows to extract")
-    dataset = ManifestImageDataset(manifest, image_root, transform=eval_transform(model.config.image_size),
-                                   record_file=record_file)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=torch_device.type == "cuda")
+    size = model.config.image_size
+    loader = eval_loader(manifest_images(manifest, image_root, record_file), manifest["label"].to_numpy(), size,
+                         batch_size, num_workers, decode, torch_device)
     amp_dtype = autocast_dtype(torch_device)
     with atomic_path(out_path) as tmp:
         features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                              shape=(len(manifest), model.config.embedding_dim))
         start = 0
         with torch.inference_mode():
-            for images, _, _ in tqdm(loader, desc="extract", file=sys.stderr, leave=False):
+            for _, images in tqdm(device_batches(loader, torch_device, size), total=len(loader), desc="extract",
+                                  file=sys.stderr, leave=False):
                 features[start : start + len(images)] = embed_with_flip(model, images, amp_dtype).cpu().numpy()
                 start += len(images)
                 if progress is not None:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from backbone.distributed import Distributed
 from backbone.extract import embed_with_flip
@@ -31,20 +30,20 @@ ONE_PROCESS = Distributed()
 @torch.inference_mode()
 def class_mean_embeddings(
     embedder: FaceEmbedder, rows: TrainingRows, image_root: Path | None, record_file: Path | None, image_size: int,
-    device: torch.device, batch_size: int = 256, num_workers: int = 0, world: Distributed = ONE_PROCESS,
+    device: torch.device, batch_size: int = 256, num_workers: int | str = 0, world: Distributed = ONE_PROCESS,
+    decode: str = "auto",
 ) -> torch.Tensor:
     """L2-normalised mean of the (flip-summed, normalised) eval-mode embeddings of each class's rows,
     float32 [num_classes, D], each row weighted by its loss weight (a class whose weights are all 0
     falls back to the unweighted mean). Under DDP (``world``) every rank must call it: each embeds rows
     rank, rank + world_size, ... and all ranks get the same means."""
-    from backbone.augment import eval_transform  # the data layer, imported where needed
-    from backbone.data.dataset import ManifestImageDataset
+    from backbone.data.dataset import manifest_images  # the data layer, imported where needed
+    from backbone.loader import eval_loader
+    from backbone.model_input import device_batches
 
     share = slice(world.rank, None, world.world_size)
-    images = ManifestImageDataset(rows.frame.iloc[share], image_root, transform=eval_transform(image_size),
-                                  record_file=record_file)
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    images = manifest_images(rows.frame.iloc[share], image_root, record_file)
+    loader = eval_loader(images, rows.labels[share], image_size, batch_size, num_workers, decode, device)
     labels = torch.from_numpy(rows.labels[share]).to(device)
     weights = torch.from_numpy(rows.weights[share]).to(device)  # float32 [n]
     # Weighted and plain sums in one tensor, added to batch by batch (memory: classes x D, not rows x D);
@@ -53,8 +52,8 @@ def class_mean_embeddings(
     was_training = embedder.training
     embedder.eval()
     try:
-        for batch, _, index in loader:
-            embeddings, index = embed_with_flip(embedder, batch), index.to(device)
+        for batch, model_input in device_batches(loader, device, image_size):
+            embeddings, index = embed_with_flip(embedder, model_input), batch.index.to(device)
             sums[0].index_add_(0, labels[index], embeddings * weights[index, None])
             sums[1].index_add_(0, labels[index], embeddings)
     finally:

@@ -15,6 +15,11 @@ Head start (``TrainConfig.head_init``): ``random`` centres, or, when fine-tuning
 Run folder (only rank 0 writes; see ``backbone.run_folder``): ``run.json``, ``checkpoint.pt``,
 ``metrics.json``, ``model.pt``; a folder of another config is refused, never overwritten.
 
+Data (``backbone.loader``, ``backbone.model_input``): workers hand over uint8 batches (JPEGs decoded
+with libjpeg-turbo, or on the GPU with ``decode``), augmented by ``TrainConfig.augment`` (flip only, or
+albumentations at ``aug_strength``; ``auto`` picks by the training set's size); the float input is made
+on the device.
+
 Exact resume: the data order of an epoch is a function of (seed, epoch) (DistributedSampler),
 each sample's augmentation a function of (seed, epoch, index), the learning rate a function of
 the step, and the torch/numpy/python RNG states (per rank) are saved with every checkpoint; so a
@@ -49,6 +54,7 @@ from backbone.head_init import class_mean_embeddings, imprint
 from backbone.loader import make_loader
 from backbone.margin import MarginHead, TwoHeadMargin
 from backbone.model import FaceEmbedder, build_model
+from backbone.model_input import device_batches
 from backbone.run_folder import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -146,7 +152,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if config.head_init == "class_means" and not checkpoint_path.is_file():  # a resumed run loads its head
         imprint(head, class_mean_embeddings(embedder, rows, image_root, record_file, config.image_size, device,
-                                            num_workers=config.num_workers, world=world))
+                                            num_workers=config.num_workers, world=world, decode=config.decode))
     model: nn.Module = MarginModel(embedder, head)
     if world.world_size > 1:
         if device.type == "cuda":  # SyncBatchNorm has no CPU kernel: on gloo each rank keeps its own statistics
@@ -173,16 +179,17 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
 
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
-        data.epoch = epoch
         model.train()
         started, loss_sum, lr = time.perf_counter(), 0.0, learning_rate(config, step, steps_per_epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
+        bar = tqdm(device_batches(loader, device, config.image_size), total=steps_per_epoch, leave=False,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr,
                    disable=not (config.verbose and world.is_main))
-        for batch in bar:
+        for batch, images in bar:
             lr = learning_rate(config, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(model, optimizer, scaler, batch, device, amp_dtype, config.grad_clip)
+            loss = train_step(model, optimizer, scaler, (images, batch.labels, batch.weights), device, amp_dtype,
+                              config.grad_clip)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"{manifest_path}: loss is {loss} at step {step} (epoch {epoch + 1}), last learning rate "
@@ -194,7 +201,7 @@ def _fit(manifest_path, image_root, record_file, run_dir, config, rows, world, d
         seconds = time.perf_counter() - started
         summary = {"epoch": epoch + 1, "epochs": config.epochs, "step": step, "loss": loss_sum / steps_per_epoch,
                    "lr": lr, "images_per_sec": steps_per_epoch * config.batch_size / seconds, "seconds": seconds,
-                   "num_images": len(rows.labels), "num_classes": rows.num_classes}
+                   "num_images": len(rows.labels), "num_classes": rows.num_classes, "augment": data.recipe}
         history.append(summary)
         rng_states = gather_objects(capture_rng_state(device), world)
         if world.is_main:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from backbone.augment import AUGMENTS
 from backbone.margin import DEFAULT_MARGIN, MARGINS
 from backbone.model import POOLINGS, ModelConfig
+from backbone.model_input import DECODES
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.schedules import DECAYS
 from semiface.training.settings import after_training, runtime_field_names
@@ -46,8 +48,12 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128  # global: split over the DDP processes
     grad_clip: float | None = 5.0
-    aug_strength: float = 0.5
-    num_workers: int = after_training(4)
+    # "flip" (the face-recognition recipe), "albumentations" (at aug_strength), or "auto": flip from
+    # 100K training images on, albumentations below (backbone.augment)
+    augment: str = "auto"
+    aug_strength: float = 0.5  # the albumentations recipe's strength in [0, 1]
+    num_workers: int | str = after_training("auto")  # data-loading processes per rank (backbone.loader)
+    decode: str = after_training("auto")  # JPEGs decoded on the device on CUDA ("auto"), or "cpu" / "device"
     device: str = after_training("auto")
     seed: int = 0
     init: str = "scratch"  # or the path of a backbone checkpoint to start the trunk and embedding from
@@ -60,7 +66,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"margin": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "pooling": POOLINGS,
-                   "heads": HEADS, "head_init": HEAD_INITS}
+                   "heads": HEADS, "head_init": HEAD_INITS, "augment": AUGMENTS, "decode": DECODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -73,7 +79,8 @@ class TrainConfig:
             "warmup_epochs": self.warmup_epochs >= 0,
             "lr": self.lr is None or self.lr > 0,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "num_workers": self.num_workers >= 0,
+            "num_workers": self.num_workers == "auto" or (
+                isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool) and self.num_workers >= 0),
             "num_classes": self.num_classes is None or self.num_classes >= 2,
             "lr_milestones": all(0.0 < x < 1.0 for x in self.lr_milestones),
         }

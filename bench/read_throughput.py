@@ -1,5 +1,8 @@
 """Read throughput (images/s, decode included) of ManifestImageDataset through a torch DataLoader.
 
+This is the item-by-item reader (float CHW items; the dlib embedder and tools use it). Training and
+extraction read through ``backbone.loader`` (whole uint8 batches): ``bench/loader_throughput.py``.
+
 Sources: an image folder and InsightFace RecordIO holding the same images, on demo faces generated on
 the fly (PNG, as the generator writes them; the RecordIO also re-encoded as JPEG q95, the format of
 InsightFace's files), and on a slice of the real LFW folder (JPEG) when ../shared/data is present.

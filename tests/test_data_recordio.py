@@ -211,7 +211,7 @@ def test_corrupt_image_payload_names_record(tmp_path: Path):
     rec = write_insightface_rec(tmp_path / "t.rec", [0], [b"not an image"])
     with RecordIOReader(rec) as reader, pytest.raises(DataError, match="corrupt or unreadable image") as info:
         reader.read_image(1)
-    assert "t.rec (record at byte offset 0)" in str(info.value)
+    assert "t.rec (record 1 at byte offset 0)" in str(info.value)
 
 
 def test_continuation_part_where_a_record_should_start(tmp_path: Path):

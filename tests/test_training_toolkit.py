@@ -65,7 +65,7 @@ def test_each_trainer_marks_what_does_not_change_training() -> None:
     from clustering.facet.config import FaceTConfig
     from semiface.training.settings import runtime_field_names, training_settings
 
-    assert RUNTIME_FIELDS == {"num_workers", "device", "verbose"}
+    assert RUNTIME_FIELDS == {"num_workers", "decode", "device", "verbose"}
     assert {"device", "tau", "partition", "tune_samples", "inference_batch"} <= runtime_field_names(FaceTConfig)
     assert {"device", "tau", "partition", "tune_samples", "infer_batch_size"} <= runtime_field_names(ClusformerConfig)
     for config in (FaceTConfig(), ClusformerConfig(), TrainConfig(trunk="test_resnet", image_size=32)):
