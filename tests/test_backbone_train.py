@@ -201,10 +201,11 @@ def test_imprinted_head_starts_at_the_class_means_of_the_first_model(trained, sm
     means = np.stack([features[labels == c].mean(0) for c in range(8)])
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     np.testing.assert_allclose(centres.numpy(), means, atol=1e-4)
-    # each row already scores its own class best: the loss starts well below a random head's. Measured
-    # ratios: 0.556 (3.23 / 5.81, AMD EPYC, 2 cores) and under 0.5 elsewhere; the trained model, hence the
-    # ratio, differs between CPUs, so the bound keeps a margin over the largest seen.
-    assert losses["class_means"] < 0.7 * losses["random"], losses
+    # rows start near their own class centre: the first loss is well below a random head's. The ratio depends
+    # on how well the first model trained, which differs between CPUs and augmentation draws: measured
+    # 0.28-0.56 over seeds 0-2 before the counter-based augmentation seeds, 0.44-0.70 after (AMD EPYC, 2
+    # cores), and under 0.5 on another machine; the bound keeps a margin over the largest seen.
+    assert losses["class_means"] < 0.85 * losses["random"], losses
     with pytest.raises(ConfigError, match="head_init: 'class_means' needs a starting model"):
         train_backbone(small_manifest, demo.parent, tmp_path / "scratch", replace(SHORT, head_init="class_means"))
 
