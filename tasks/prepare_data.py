@@ -19,7 +19,7 @@ from semiface.errors import ConfigError, DataError, reject_unknown
 from semiface.features import check_features, l2_normalize, load_features, load_meta, save_features
 from semiface.manifest import SPLITS, read_manifest, write_manifest
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute
+from tasks.common import StageContext, execute, stage_options
 from tasks.stage_cache import StageResult, StageSpec
 
 SOURCES = ("demo", "folder", "recordio", "features")
@@ -87,7 +87,7 @@ def check_inputs(source: str, data_path: str | None, options: dict[str, Any]) ->
 
 
 @task(name="prepare-data", task_run_name="prepare-data[{source}]", tags=["stage", "data"],
-      retries=2, retry_delay_seconds=5)
+      retries=2, retry_delay_seconds=5, **stage_options("prepare_data"))
 def prepare_data(ctx: StageContext, source: str, data_path: str | None, options: dict[str, Any],
                  seed: int) -> StageResult:
     """Build the manifest of ``source``; cached on the source's fingerprint and options."""

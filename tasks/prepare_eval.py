@@ -15,7 +15,7 @@ from prefect import task
 from semiface.errors import ConfigError, reject_unknown
 from semiface.manifest import write_manifest
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute
+from tasks.common import StageContext, execute, stage_options
 from tasks.stage_cache import StageResult, StageSpec
 
 # probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
@@ -46,7 +46,7 @@ def image_roots(inputs: dict[str, Path]) -> dict[str, Path]:
 
 
 @task(name="prepare-eval-set", task_run_name="prepare-eval-set", tags=["stage", "data", "evaluation"],
-      retries=1, retry_delay_seconds=5)
+      retries=1, retry_delay_seconds=5, **stage_options("prepare_eval"))
 def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResult:
     """The evaluation manifest (probe rows, then distractor rows); cached on the inputs' fingerprints."""
     from recognition_eval.megaface import drop_noise, list_distractors, list_probes, megaface_manifest
