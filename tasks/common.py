@@ -187,6 +187,17 @@ def stage_name(task: Task) -> str:
     return task.fn.__module__.rsplit(".", 1)[-1]
 
 
+def tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the tags of the flow run this is called in (shown, and filterable, in the UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, tag}))
+
+
 def maybe_inject_fault(stage: str, cache_root: Path) -> None:
     """Fail the first N computations of ``stage`` when ``SEMIFACE_INJECT_FAULT`` says ``stage:N``.
 

@@ -166,6 +166,38 @@ def _prepare_features(folder: Path, external: dict[str, str], options: dict[str,
     )
 
 
+def identities_wanted(identities: int, options: dict[str, Any]) -> dict[str, int]:
+    """How many of ``identities`` (after ``max_identities``) each role is given by the shares in ``options``."""
+    total = sum(float(options[s]) for s in SPLITS)
+    return {s: int(round(identities * float(options[s]) / total)) for s in SPLITS}
+
+
+def labelled_identities(source: str, data_path: str | None, options: dict[str, Any]) -> int | None:
+    """The number of labelled identities ``source`` will give, known before it is read: the demo's setting,
+    a folder's identity folders, a RecordIO's ``property`` file; None when it cannot be known
+    (features, a RecordIO without ``property``). The inputs must exist (``check_inputs``)."""
+    options = data_options_for(source, options)
+    if source == "demo":
+        from backbone.data.demo_faces import DemoConfig
+
+        return DemoConfig(**options).n_labelled_ids
+    if source == "features":
+        return None
+    inputs = required_inputs(source, data_path, options)
+    if source == "folder":
+        count = sum(1 for d in Path(inputs["data"]).iterdir() if d.is_dir() and not d.name.startswith("."))
+    else:
+        from backbone.data.recordio import read_property
+
+        found = read_property(Path(inputs["record"]).parent)
+        if found is None:
+            return None
+        count = found[0]
+    if options.get("max_identities"):
+        count = min(count, int(options["max_identities"]))
+    return identities_wanted(count, options)["labelled"]
+
+
 def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) -> pd.DataFrame:
     """Give each identity one role by the shares in ``options`` (seeded); labelled ones get labels 0..C-1.
 
@@ -176,8 +208,7 @@ def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) ->
     names = counts.index.to_numpy()[rng.permutation(len(counts))]
     if options.get("max_identities"):
         names = names[: int(options["max_identities"])]
-    total = sum(float(options[s]) for s in SPLITS)
-    wanted = {s: int(round(len(names) * float(options[s]) / total)) for s in SPLITS}
+    wanted = identities_wanted(len(names), options)
     pairable = counts.loc[names].to_numpy() >= 2
     probe = names[pairable][: wanted["probe"]]
     rest = names[~np.isin(names, probe)]
