@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from flows.cli import parameter_descriptions, unset_text
@@ -43,9 +44,10 @@ from flows.deployments import read_deployment
 from flows.parameters import as_options
 from flows.semi_supervised import comparison_name, run_settings, semi_supervised
 from semiface.atomic import atomic_open, save_json, save_parquet
+from semiface.code_version import code_version, version_tag
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
-from tasks.common import artifact_key, experiment_name, png_markdown, route_library_logs
+from tasks.common import artifact_key, experiment_name, png_markdown, route_library_logs, tag_flow_run
 from tasks.plots import plot_ratio_sweep
 
 # The parameters compare-ratios passes to every run: semi_supervised's, less what the sweep sets per run.
@@ -102,7 +104,7 @@ def check_runs(effective: dict[str, Any], runs: list[dict[str, Any]], deployment
         run_settings(**params, here=deployment is None)
 
 
-@task(name="run-semi-supervised", task_run_name="run-semi-supervised[{label}]", tags=["sweep"])
+@task(name="run-semi-supervised", task_run_name="run-semi-supervised[{label}]", tags=["sweep"], cache_policy=NO_CACHE)
 def run_child(label: str, parameters: dict[str, Any], deployment: str | None) -> dict[str, Any]:
     """One run of the sweep: a nested flow run here, or a flow run of ``deployment`` on a work pool
     (its summary is read from ``<run_dir>/<label>.json``, which the run writes last: flow results are
@@ -193,6 +195,8 @@ def compare_ratios(
         raise ConfigError(f"ratios: positive r_U/L values needed, got {wanted}")
     sent, effective = sweep_parameters(run, deployment)
     method, run_dir = effective["method"], sent["run_dir"]
+    version = code_version()
+    tag_flow_run(version_tag(version))
     check_runs(effective, [{"labels": "labelled_only"}, {"labels": "clusters", "ratio": min(wanted)},
                            *([{"labels": "ground_truth", "ratio": max(wanted)}] if include_bounds else [])], deployment)
     logger.info("compare-ratios: %s, r_U/L %s, in %s%s", method, wanted, run_dir,
@@ -214,7 +218,7 @@ def compare_ratios(
         plan.append(("upper-bound", f"{method}-upper-bound", {**given, "ratio": capped[-1], "labels": "ground_truth"}))
     results: dict[str, dict[str, Any]] = {"lower-bound": lower} if include_bounds else {}
     results.update(run_all(plan, deployment, max_parallel))
-    return publish_comparison(Path(run_dir) / comparison_name(method), results, lower, method)
+    return publish_comparison(Path(run_dir) / comparison_name(method), results, lower, method, version)
 
 
 def final_rank1(summary: dict[str, Any]) -> float | None:
@@ -244,7 +248,7 @@ def comparison_rows(results: dict[str, dict[str, Any]], lower: dict[str, Any]) -
 
 
 def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower: dict[str, Any],
-                       method: str) -> dict[str, Any]:
+                       method: str, version: dict[str, Any]) -> dict[str, Any]:
     """Table (parquet, markdown, artifact) and plot (PNG, embedded in a markdown artifact) of ``method``'s runs."""
     rows = comparison_rows(results, lower)
     sweep = [r for r in rows if r["run"].startswith("ratio-") and r["rank1"] is not None]
@@ -259,7 +263,7 @@ def publish_comparison(out_dir: Path, results: dict[str, dict[str, Any]], lower:
     with atomic_open(out_dir / "comparison.md", "w", encoding="utf-8") as handle:
         handle.write(f"{method}: rank-1 at {size} distractors; gain in points vs the lower bound\n\n" + table_md)
     summary = {"rows": rows, "table": str(out_dir / "comparison.md"), "plot": str(plot),
-               "largest_distractor_size": size, "runs": results}
+               "largest_distractor_size": size, "runs": results, "code_version": version}
     save_json(out_dir / "comparison.json", summary)
     experiment = experiment_name(out_dir.parent)
     verdicts = ", ".join(f"`{artifact_key(experiment, method, name, 'verdict')}`" for name in results)

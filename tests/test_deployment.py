@@ -277,3 +277,15 @@ def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:
     assert (cfg.k, cfg.d_model, cfg.nhead, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.epochs, cfg.lr) == \
         (64, 256, 8, 6, 6, 50, 1e-4)
     assert clusformer["label"] != facet.get("label", "run")  # both summaries live in one run folder
+
+
+def test_every_deployments_parameters_fit_the_flows_parameter_form() -> None:
+    """What prefect.yaml stores passes the flow's typed parameters (Literal names, the option models), as the
+    server checks a run's parameters against the deployment's schema."""
+    import yaml
+
+    from flows.semi_supervised import semi_supervised
+
+    for deployment in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]:
+        validated = semi_supervised.validate_parameters(deployment["parameters"])
+        assert validated["method"] == deployment["parameters"]["method"], deployment["name"]

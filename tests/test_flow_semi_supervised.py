@@ -303,6 +303,7 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
     assert {p.name for p in run_dir.glob("*.json")} == {"knn_uf-lower-bound.json", "knn_uf-upper-bound.json"}
     assert "failed: cluster" in (run_dir / "compare-knn_uf" / "comparison.md").read_text()
     assert (run_dir / "compare-knn_uf" / "rank1_vs_ratio.png").is_file()
+    assert summary["code_version"] == code_version()
 
     # Artifact keys carry the experiment (the run folder): another experiment's never replace these.
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
