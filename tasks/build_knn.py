@@ -15,13 +15,14 @@ from semiface.atomic import save_npy
 from semiface.features import load_features
 from semiface.manifest import read_manifest
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute, summary_rows
+from tasks.common import Progress, StageContext, execute, stage_options, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 SUBSETS = ("labelled", "unlabelled")
 
 
-@task(name="build-knn", task_run_name="build-knn[{ctx.label}/{subset}]", tags=["stage", "clustering"])
+@task(name="build-knn", task_run_name="build-knn[{ctx.label}/{subset}]", tags=["stage", "clustering"],
+      **stage_options("build_knn"))
 def build_knn_task(
     ctx: StageContext,
     data: StageResult,

@@ -13,7 +13,7 @@ from clustering.metrics import evaluate_partition
 from semiface.atomic import save_json, save_npy
 from semiface.manifest import known_identity_mask, read_manifest
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute
+from tasks.common import Progress, StageContext, execute, stage_options
 from tasks.stage_cache import StageResult, StageSpec
 from tasks.train_clusterer import RUNTIME_PARAMS, load_method, subset
 
@@ -21,7 +21,8 @@ METRIC_COLUMNS = ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed
                   "bcubed_f", "nmi", "fmi", "noise_ratio", "n_clusters", "n_singletons", "n_unclustered")
 
 
-@task(name="cluster", task_run_name="cluster[{ctx.label}/{method}]", tags=["stage", "clustering", "gpu"])
+@task(name="cluster", task_run_name="cluster[{ctx.label}/{method}]", tags=["stage", "clustering", "gpu"],
+      **stage_options("cluster"))
 def cluster_task(
     ctx: StageContext,
     data: StageResult,

@@ -1,9 +1,16 @@
-"""What every stage task shares: the run context, the cached execution, artifacts, fault injection.
+"""What every stage task shares: the run context, the cached execution, artifacts, retries and timeouts,
+fault injection.
 
 A stage task builds a ``StageSpec`` (parameters, upstream results, external inputs, code paths)
 and a ``compute(stage_dir)`` function, then calls ``execute``: a cache hit returns a Prefect
 ``Completed`` state named ``Cached`` (so the dashboard and the flow see "skipped"), a miss
 computes and returns the ``StageResult``. Flows read either through ``result_of``.
+
+Every stage task is declared with ``stage_options(stage)``: no Prefect cache (the stage cache is the
+project's own, in the run folder: Prefect's default policy would key on the task's inputs and could
+return a stale result without looking at the files), no retry of an error that the same inputs raise
+again (``retry_transient``), and a timeout per stage (``STAGE_TIMEOUT_HOURS``; a run overrides them
+through ``StageContext.timeouts``).
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -26,6 +34,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 
 from semiface.errors import SemifaceError
@@ -34,6 +44,28 @@ from tasks.stage_cache import StageResult, StageSpec, StageStore
 FAULT_ENV = "SEMIFACE_INJECT_FAULT"
 # Embed plots in markdown artifacts (as data URIs) up to this size; larger ones are linked by path only.
 MAX_EMBEDDED_PNG = 400_000
+
+
+# Each stage's timeout in hours: ceilings sized for the MS1M job on one GPU (5.8M images, ResNet50 at
+# 112 px, up to 8 x the labelled images retrained on; at 1,000 img/s, a slow GPU, a 20-epoch training
+# of 5.2M images takes 29 h), not estimates of the time a stage takes. A stage that runs past its own
+# fails with Prefect's TimedOut state and, like any failure that is not deterministic, is retried once
+# where its task retries (training resumes from its last epoch). A run sets others with the flow
+# parameter ``stage_timeouts`` (hours by stage name; null: none).
+STAGE_TIMEOUT_HOURS: dict[str, float] = {
+    "prepare_data": 12.0,  # a folder source decodes every image once
+    "prepare_eval": 12.0,  # the same for a million MegaFace distractors
+    "align_eval": 48.0,  # dlib's landmarks on the CPU, for a million distractors if they are not aligned
+    "train_backbone": 72.0,
+    "extract_features": 12.0,  # every image of the data and of the evaluation set
+    "embed_dlib": 72.0,  # dlib's descriptor runs on the CPU
+    "evaluate": 12.0,
+    "build_knn": 12.0,
+    "train_clusterer": 48.0,
+    "cluster": 24.0,
+    "merge_pseudo_labels": 2.0,
+    "retrain": 72.0,
+}
 
 
 # The library packages whose log records (and Python warnings, through "py.warnings") belong in the
@@ -60,7 +92,22 @@ def route_library_logs() -> None:
 
 
 class InjectedFault(SemifaceError, RuntimeError):
-    """Raised on purpose (``SEMIFACE_INJECT_FAULT``) to test retries and resumption."""
+    """Raised on purpose (``SEMIFACE_INJECT_FAULT``) to test retries and resumption: a transient fault."""
+
+
+def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect's ``retry_condition_fn`` of the stage tasks: retry a failure unless the same inputs would
+    raise it again. semiface's own errors (ConfigError, DataError, TrainingError...) say what is wrong
+    with the inputs, the parameters or the training; anything else (a lost file system, a CUDA or NCCL
+    error, a killed child process, a timeout) may pass. ``InjectedFault`` stands for a transient fault."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(error, SemifaceError) or isinstance(error, InjectedFault)
+
+
+def stage_options(stage: str) -> dict[str, Any]:
+    """The ``@task`` arguments every stage shares (see the module docstring); retries stay per task."""
+    return {"cache_policy": NO_CACHE, "retry_condition_fn": retry_transient,
+            "timeout_seconds": STAGE_TIMEOUT_HOURS[stage] * 3600}
 
 
 @dataclass(frozen=True)
@@ -73,6 +120,10 @@ class StageContext:
     device: str = "auto"
     num_workers: int = 0
     refresh: tuple[str, ...] = ()  # stage names to recompute even when cached
+    # stage name -> timeout in hours (None: none) over STAGE_TIMEOUT_HOURS, for this run's stages
+    timeouts: Mapping[str, float | None] = field(default_factory=dict)
+    # the code that runs (semiface.code_version): recorded in every stage's done.json, never in a key
+    code_version: Mapping[str, Any] = field(default_factory=dict)
 
 
 def execute(
@@ -89,6 +140,8 @@ def execute(
     logger = get_run_logger()
     store = StageStore(ctx.cache_root)
     refresh = spec.stage in ctx.refresh
+    if ctx.code_version:
+        spec = replace(spec, runtime={**spec.runtime, "code_version": dict(ctx.code_version)})
 
     def guarded(folder: Path) -> tuple[Mapping[str, Path], dict[str, Any]]:
         logger.info("%s: computing in %s", spec.stage, folder)
@@ -114,9 +167,36 @@ def execute(
     return result
 
 
-def result_of(task: Task, *args: Any, **kwargs: Any) -> StageResult:
-    """Call a stage task in a flow and return its StageResult whether it computed or was cached."""
-    return task(*args, return_state=True, **kwargs).result()
+def result_of(task: Task, ctx: StageContext, *args: Any, **kwargs: Any) -> StageResult:
+    """Call a stage task in a flow and return its StageResult whether it computed or was cached.
+
+    The run's own timeout for the stage (``ctx.timeouts``) replaces the task's. Prefect enforces a
+    timeout with an alarm signal, which only the main thread receives: a run nested in a sweep's
+    worker thread (compare-ratios without a deployment) runs its stages without one, rather than with
+    a timeout that could not interrupt a blocking call (Prefect would warn at every stage).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        task = task.with_options(timeout_seconds=None)
+    elif stage_name(task) in ctx.timeouts:
+        hours = ctx.timeouts[stage_name(task)]
+        task = task.with_options(timeout_seconds=None if hours is None else hours * 3600)
+    return task(ctx, *args, return_state=True, **kwargs).result()
+
+
+def stage_name(task: Task) -> str:
+    """The stage a stage task runs: the name of its module (``tasks/<stage>.py``)."""
+    return task.fn.__module__.rsplit(".", 1)[-1]
+
+
+def tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the tags of the flow run this is called in (shown, and filterable, in the UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, tag}))
 
 
 def maybe_inject_fault(stage: str, cache_root: Path) -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import StageContext, execute
+from tasks.common import StageContext, execute, stage_options
 from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
 
 @task(name="embed-dlib", task_run_name="embed-dlib[{ctx.label}]", tags=["stage", "reference"], retries=1,
-      retry_delay_seconds=10)
+      retry_delay_seconds=10, **stage_options("embed_dlib"))
 def embed_dlib_task(ctx: StageContext, data: StageResult) -> StageResult:
     """features.npy [N, 128] float32 in manifest order; the summary counts images without a detected face."""
     from backbone.dlib_embedder import embed_manifest

@@ -10,14 +10,14 @@ from prefect import get_run_logger, task
 
 from recognition_eval.identification import DEFAULT_SIZES
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute, png_markdown
+from tasks.common import Progress, StageContext, execute, png_markdown, stage_options
 from tasks.stage_cache import StageResult, StageSpec
 
 PLOTS = {"rank1_plot": "rank1_vs_distractors.png", "cmc_plot": "cmc.png", "roc_plot": "roc.png"}
 
 
 @task(name="evaluate", task_run_name="evaluate[{ctx.label}/{model_name}]", tags=["stage", "evaluation"],
-      retries=1, retry_delay_seconds=2)
+      retries=1, retry_delay_seconds=2, **stage_options("evaluate"))
 def evaluate_task(
     ctx: StageContext,
     data: StageResult,

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from tasks.common import Progress, StageContext, execute
+from tasks.common import Progress, StageContext, execute, stage_options
 from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
 
 @task(name="extract-features", task_run_name="extract-features[{ctx.label}/{model.stage}]",
-      tags=["stage", "backbone", "gpu"], retries=1, retry_delay_seconds=10)
+      tags=["stage", "backbone", "gpu"], retries=1, retry_delay_seconds=10, **stage_options("extract_features"))
 def extract_features_task(ctx: StageContext, data: StageResult, model: StageResult, batch_size: int) -> StageResult:
     """features.npy [N, D] float32, rows in manifest order (labelled, unlabelled, probe, distractor)."""
     from backbone.extract import extract_features

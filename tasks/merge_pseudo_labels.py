@@ -12,7 +12,7 @@ from clustering.pseudo_labels import lower_bound_frame, merge_pseudo_labels, upp
 from semiface.atomic import save_json
 from semiface.manifest import read_manifest, write_manifest
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute, summary_rows
+from tasks.common import StageContext, execute, stage_options, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 # pseudo: the clusters as new classes; upper_bound: the sampled rows' ground-truth identities;
@@ -21,7 +21,7 @@ MODES = ("pseudo", "upper_bound", "lower_bound")
 
 
 @task(name="merge-pseudo-labels", task_run_name="merge-pseudo-labels[{ctx.label}/{mode}]",
-      tags=["stage", "pseudo-labels"])
+      tags=["stage", "pseudo-labels"], **stage_options("merge_pseudo_labels"))
 def merge_pseudo_labels_task(
     ctx: StageContext,
     data: StageResult,

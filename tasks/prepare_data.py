@@ -19,7 +19,7 @@ from semiface.errors import ConfigError, DataError, reject_unknown
 from semiface.features import check_features, l2_normalize, load_features, load_meta, save_features
 from semiface.manifest import SPLITS, read_manifest, write_manifest
 from semiface.markdown import markdown_table
-from tasks.common import StageContext, execute
+from tasks.common import StageContext, execute, stage_options
 from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec, StageStore, content_digest_of
 
 SOURCES = ("demo", "folder", "recordio", "features")
@@ -87,7 +87,7 @@ def check_inputs(source: str, data_path: str | None, options: dict[str, Any]) ->
 
 
 @task(name="prepare-data", task_run_name="prepare-data[{source}]", tags=["stage", "data"],
-      retries=2, retry_delay_seconds=5)
+      retries=2, retry_delay_seconds=5, **stage_options("prepare_data"))
 def prepare_data(ctx: StageContext, source: str, data_path: str | None, options: dict[str, Any],
                  seed: int) -> StageResult:
     """Build the manifest of ``source``; cached on the source's fingerprint and options."""
@@ -176,6 +176,38 @@ def _prepare_features(folder: Path, external: dict[str, str], options: dict[str,
     )
 
 
+def identities_wanted(identities: int, options: dict[str, Any]) -> dict[str, int]:
+    """How many of ``identities`` (after ``max_identities``) each role is given by the shares in ``options``."""
+    total = sum(float(options[s]) for s in SPLITS)
+    return {s: int(round(identities * float(options[s]) / total)) for s in SPLITS}
+
+
+def labelled_identities(source: str, data_path: str | None, options: dict[str, Any]) -> int | None:
+    """The number of labelled identities ``source`` will give, known before it is read: the demo's setting,
+    a folder's identity folders, a RecordIO's ``property`` file; None when it cannot be known
+    (features, a RecordIO without ``property``). The inputs must exist (``check_inputs``)."""
+    options = data_options_for(source, options)
+    if source == "demo":
+        from backbone.data.demo_faces import DemoConfig
+
+        return DemoConfig(**options).n_labelled_ids
+    if source == "features":
+        return None
+    inputs = required_inputs(source, data_path, options)
+    if source == "folder":
+        count = sum(1 for d in Path(inputs["data"]).iterdir() if d.is_dir() and not d.name.startswith("."))
+    else:
+        from backbone.data.recordio import read_property
+
+        found = read_property(Path(inputs["record"]).parent)
+        if found is None:
+            return None
+        count = found[0]
+    if options.get("max_identities"):
+        count = min(count, int(options["max_identities"]))
+    return identities_wanted(count, options)["labelled"]
+
+
 def split_identities(frame: pd.DataFrame, options: dict[str, Any], seed: int) -> pd.DataFrame:
     """Give each identity one role by the shares in ``options`` (seeded); labelled ones get labels 0..C-1.
 
@@ -201,8 +233,7 @@ def identity_roles(counts: pd.Series, options: dict[str, Any], seed: int) -> dic
     names = counts.index.to_numpy()[rng.permutation(len(counts))]
     if options.get("max_identities"):
         names = names[: int(options["max_identities"])]
-    total = sum(float(options[s]) for s in SPLITS)
-    wanted = {s: int(round(len(names) * float(options[s]) / total)) for s in SPLITS}
+    wanted = identities_wanted(len(names), options)
     is_probe = np.zeros(len(names), dtype=bool)  # by position: np.isin on 85K names x 4K probes took 20 s
     is_probe[np.flatnonzero(counts.loc[names].to_numpy() >= 2)[: wanted["probe"]]] = True
     probe, rest = names[is_probe], names[~is_probe]

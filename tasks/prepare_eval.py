@@ -18,7 +18,7 @@ from semiface.atomic import atomic_open
 from semiface.errors import ConfigError, reject_unknown
 from semiface.manifest import write_manifest
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute, result_of
+from tasks.common import Progress, StageContext, execute, result_of, stage_options
 from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec, StageStore, content_digest_of
 
 # probes: FaceScrub folder (<identity>/<image>) or devkit list; distractors: MegaFace folder or list;
@@ -49,7 +49,7 @@ def image_roots(inputs: dict[str, Path]) -> dict[str, Path]:
 
 
 @task(name="prepare-eval-set", task_run_name="prepare-eval-set", tags=["stage", "data", "evaluation"],
-      retries=1, retry_delay_seconds=5)
+      retries=1, retry_delay_seconds=5, **stage_options("prepare_eval"))
 def prepare_eval_task(ctx: StageContext, eval_set: dict[str, Any]) -> StageResult:
     """The evaluation manifest (probe rows, then distractor rows); cached on the inputs' fingerprints."""
     from recognition_eval.megaface import drop_noise, list_distractors, list_probes, megaface_manifest
@@ -127,7 +127,7 @@ def aligned_eval_set(ctx: StageContext, eval_data: StageResult, image_size: int)
 
 
 @task(name="align-eval-set", task_run_name="align-eval-set[{image_size}px]", tags=["stage", "data", "evaluation"],
-      retries=1, retry_delay_seconds=5)
+      retries=1, retry_delay_seconds=5, **stage_options("align_eval"))
 def align_eval_task(ctx: StageContext, eval_data: StageResult, image_size: int) -> StageResult:
     """Every image of the evaluation set aligned (dlib's five landmarks onto the ArcFace template) into this
     stage's folder; images without a detected face are kept centre-cropped and listed in ``no_face.txt``."""

@@ -7,13 +7,13 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import StageContext
+from tasks.common import StageContext, stage_options
 from tasks.stage_cache import StageResult
 from tasks.train_backbone import CODE, run_training
 
 
 @task(name="retrain", task_run_name="retrain[{ctx.label}]", tags=["stage", "backbone", "gpu"],
-      retries=1, retry_delay_seconds=10)
+      retries=1, retry_delay_seconds=10, **stage_options("retrain"))
 def retrain_task(
     ctx: StageContext,
     data: StageResult,

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from backbone.train import TrainingError
 from backbone.train_config import TrainConfig
 from semiface.atomic import save_json
 
@@ -57,17 +56,37 @@ def train_with_torchrun(
     with open(log_file, "w", encoding="utf-8") as log:
         process = subprocess.Popen(torchrun_command(nproc, manifest, image_root, run_dir, config_file, record_file, log_dir),
                                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            finished = process.poll() is not None
-            reported = _report_epochs(metrics, reported, on_epoch)
-            if finished:
-                break
-            time.sleep(POLL_SECONDS)
+        try:
+            while True:
+                finished = process.poll() is not None
+                reported = _report_epochs(metrics, reported, on_epoch)
+                if finished:
+                    break
+                time.sleep(POLL_SECONDS)
+        finally:
+            _stop(process)  # the task was stopped (its timeout, a cancellation): so are the ranks
     if process.returncode != 0:
         tail = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
-        raise TrainingError(f"torchrun with {nproc} processes exited with {process.returncode} "
-                            f"(log: {log_file}; per-rank files: {log_dir}):\n{tail}")
+        raise TorchrunFailed(f"torchrun with {nproc} processes exited with {process.returncode} "
+                             f"(log: {log_file}; per-rank files: {log_dir}):\n{tail}")
     return run_dir / "model.pt"
+
+
+class TorchrunFailed(RuntimeError):
+    """torchrun's ranks failed. Not a semiface error: the cause (a lost rank, NCCL, memory) may pass, so the
+    stage is retried (resuming from the last epoch); a rank's own error is in the log the message names."""
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End a torchrun that is still running: its agent passes SIGTERM on to the ranks."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _report_epochs(metrics: Path, reported: int, on_epoch: Callable[[dict], None] | None) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute, png_markdown
+from tasks.common import Progress, StageContext, execute, png_markdown, stage_options
 from tasks.plots import plot_training_curve
 from tasks.stage_cache import IMAGE_DIGEST, StageResult, StageSpec
 
@@ -107,7 +107,7 @@ def _report(result: StageResult) -> str:
 
 
 @task(name="train-backbone", task_run_name="train-backbone[{ctx.label}]", tags=["stage", "backbone", "gpu"],
-      retries=1, retry_delay_seconds=10)
+      retries=1, retry_delay_seconds=10, **stage_options("train_backbone"))
 def train_backbone_task(
     ctx: StageContext, data: StageResult, train: dict[str, Any], holdout: float = 0.0, seed: int = 0
 ) -> StageResult:

@@ -16,7 +16,7 @@ from semiface.errors import ConfigError
 from semiface.features import load_features
 from semiface.manifest import read_manifest
 from semiface.markdown import markdown_table
-from tasks.common import Progress, StageContext, execute, summary_rows
+from tasks.common import Progress, StageContext, execute, stage_options, summary_rows
 from tasks.stage_cache import StageResult, StageSpec
 
 # Method parameters that change where or how a method runs, not what it computes: set by the
@@ -69,7 +69,7 @@ def subset(features: StageResult, knn: StageResult) -> tuple[np.ndarray, np.ndar
 
 
 @task(name="train-clusterer", task_run_name="train-clusterer[{ctx.label}/{method}]",
-      tags=["stage", "clustering", "gpu"], retries=1, retry_delay_seconds=10)
+      tags=["stage", "clustering", "gpu"], retries=1, retry_delay_seconds=10, **stage_options("train_clusterer"))
 def train_clusterer_task(
     ctx: StageContext,
     data: StageResult,

@@ -25,7 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL = "semiface"
 GPU_POOL = "semiface-gpu"
 # The demo deployment with tiny data and the shortest route (lower bound: train, extract, evaluate; the
-# deployment holds 30 % of the labelled identities out for the clusterer, so the lower bound is retrained too).
+# deployment holds 30 % of the labelled identities out for the clusterer, so the lower bound is retrained too):
+# 8 labelled and 8 unlabelled identities of 3 images each.
 OVERRIDES = {
     "data_options": {"n_labelled_ids": 8, "n_unlabelled_ids": 8, "n_probe_ids": 3, "n_distractor_ids": 12,
                      "images_per_id": 3},
@@ -87,8 +88,8 @@ def deployed(tmp_path_factory) -> Iterator[tuple[dict[str, str], Path]]:
     }
     env.pop("PREFECT_PROFILE", None)
     home.mkdir()
-    # The worker's runs fail the first clustering of each run folder: a sweep's ratio run fails, its
-    # bounds (no clustering stage) complete.
+    # The worker's runs fail the first clustering of each run folder: a sweep's first ratio run fails, the
+    # others complete.
     worker_env = {**env, FAULT_ENV: "cluster:1"}
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(
@@ -125,42 +126,101 @@ def run_deployment(env: dict[str, str], worker_log: Path, params: dict) -> str:
     return output
 
 
-def test_demo_deployment_runs_to_completed_on_a_process_worker(deployed, tmp_path):
+def run_script(env: dict[str, str], worker_log: Path, script: str, *args: str, timeout: float = 900) -> str:
+    """``python -c script args`` against the test server (its output, asserted exit 0)."""
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr[-5000:] + worker_log.read_text()[-5000:]
+    return done.stdout
+
+
+# Resolves the demo deployment's run folder as deployed (prefect deploy from the repository: a pull step to
+# it), then shrinks the deployment in place: argv[1] (JSON) over its stored parameters.
+SHRINK_DEMO = """
+import json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentUpdate
+from flows.deployments import read_deployment
+print("RESOLVED", read_deployment("semi-supervised/demo").run_dir("runs/semi-supervised"))
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name("semi-supervised/demo")
+    client.update_deployment(deployment.id, DeploymentUpdate(parameters={**deployment.parameters,
+                                                                         **json.loads(sys.argv[1])}))
+"""
+# A sweep over the demo deployment refused before any run (a hold-out too large for its 8 labelled identities),
+# then one that sets the method alone and min_confidence to semi-supervised's default (the deployment's is 0.4).
+SWEEP_DEMO = """
+import json
+from flows.compare_ratios import compare_ratios
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from semiface.errors import ConfigError
+
+def flow_runs():
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["semi-supervised"]))))
+
+before = flow_runs()
+try:
+    compare_ratios(deployment="semi-supervised/demo", clusterer_holdout=0.9)
+except ConfigError as exc:
+    print("REFUSED", json.dumps({"error": str(exc), "new_runs": flow_runs() - before}))
+summary = compare_ratios(deployment="semi-supervised/demo", method="knn_uf", min_confidence=0.0, ratios=[0.5, 1.0],
+                         include_bounds=False)
+print("ROWS", json.dumps(summary["rows"]))
+"""
+
+
+def test_a_sweep_over_the_demo_deployment_reuses_its_run_folder_and_sends_what_was_set(deployed, tmp_path):
+    """The demo deployment, shrunk (tiny data, its run folder here), runs to COMPLETED on the worker. A sweep
+    over it that sets only the method (Clusformer's parameters of the deployment would be refused by knn_uf)
+    runs in the deployment's own run folder: nothing the deployment's run computed is computed again. The
+    runs get what the sweep was given (a value equal to semi-supervised's default included) and the
+    deployment's parameters for the rest. A run failing on the worker (injected fault) is a row of the table;
+    a sweep whose parameters a run would refuse fails before any run starts."""
+    from semiface.code_version import code_version, version_tag
+
     env, worker_log = deployed
-    run_dir = tmp_path / "run"
-    run_deployment(env, worker_log, {**OVERRIDES, "run_dir": str(run_dir)})
+    run_dir = tmp_path / "deployment-run"
+    shrunk = {**{k: v for k, v in OVERRIDES.items() if k != "labels"}, "run_dir": str(run_dir)}
+    resolved = run_script(env, worker_log, SHRINK_DEMO, json.dumps(shrunk)).split("RESOLVED ", 1)[1].split()[0]
+    assert Path(resolved) == REPO_ROOT / "runs" / "demo-deployment"  # its relative run_dir, as its worker sees it
+
+    run_deployment(env, worker_log, {"labels": "labelled_only"})
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["labels"] == "labelled_only" and summary["n_labelled"] == 8 * 3
     assert 0.0 <= summary["rank1_before_largest"] <= 1.0
+    assert summary["code_version"] == code_version()  # the worker ran this checkout
+    assert version_tag(code_version()) in flow_run(env, "semi-supervised[run]")["tags"]
+    computed = {p.parent.name: p.stat().st_mtime_ns for p in (run_dir / "stages").glob("*/done.json")}
 
-    # A sweep over the deployment: every run is a deployment run the worker picks up; the runs get
-    # what the sweep was given and the deployment's own parameters for the rest (its method). The
-    # ratio run fails on the worker (injected fault): a row of the table, not the end of the sweep.
-    sweep_dir = tmp_path / "sweep"
-    given = {k: v for k, v in OVERRIDES.items() if k != "labels"}
-    script = ("import json, sys; from flows.compare_ratios import compare_ratios; "
-              "s = compare_ratios(deployment='semi-supervised/demo', ratios=[1.0], max_parallel=2, "
-              f"run_dir={str(sweep_dir)!r}, **json.loads(sys.argv[1])); print('ROWS', json.dumps(s['rows']))")
-    swept = subprocess.run([sys.executable, "-c", script, json.dumps(given)], cwd=REPO_ROOT, env=env,
-                           capture_output=True, text=True, timeout=900)
-    assert swept.returncode == 0, swept.stdout + swept.stderr + worker_log.read_text()
-    rows = {row["run"]: row for row in json.loads(swept.stdout.split("ROWS ", 1)[1].splitlines()[0])}
-    assert set(rows) == {"lower-bound", "ratio-1", "upper-bound"}
-    assert rows["lower-bound"]["status"] == rows["upper-bound"]["status"] == "completed", rows
-    assert rows["ratio-1"]["status"].startswith("failed: ") and rows["ratio-1"]["rank1"] is None, rows
-    assert "failed: " in (sweep_dir / "compare" / "comparison.md").read_text()
-    child = flow_run_parameters(env, "semi-supervised[ratio-1]")
-    assert child["method"] == "clusformer"  # the deployment's method, not compare-ratios' default (facet)
-    assert child["run_dir"] == str(sweep_dir) and child["labels"] == "clusters" and child["ratio"] == 1.0
+    out = run_script(env, worker_log, SWEEP_DEMO)
+    refused = json.loads(out.split("REFUSED ", 1)[1].splitlines()[0])
+    assert "clusterer_holdout=0.9: 7 of 8 labelled identities" in refused["error"] and refused["new_runs"] == 0
+    rows = {row["run"]: row for row in json.loads(out.split("ROWS ", 1)[1].splitlines()[0])}
+    assert set(rows) == {"ratio-0.5", "ratio-1"}
+    assert rows["ratio-0.5"]["status"].startswith("failed: ") and rows["ratio-0.5"]["rank1"] is None, rows
+    assert rows["ratio-1"]["status"] == "completed" and 0.0 <= rows["ratio-1"]["rank1"] <= 1.0, rows
+    assert "failed: " in (run_dir / "compare-knn_uf" / "comparison.md").read_text()
+    assert (run_dir / "knn_uf-ratio-1.json").is_file() and (run_dir / "knn_uf-lower-bound.json").is_file()
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (run_dir / "stages").glob("*/done.json")}
+    assert {name: after[name] for name in computed} == computed  # the deployment's stages: reused, not recomputed
+    assert len(list((run_dir / "stages").glob("train_backbone-*/done.json"))) == 1
+
+    child = flow_run(env, "semi-supervised[knn_uf-ratio-1]")["parameters"]
+    assert child["method"] == "knn_uf" and child["method_params"] == {}  # knn_uf's defaults, not Clusformer's
+    assert child["min_confidence"] == 0.0  # sent although equal to semi-supervised's default
+    assert child["k"] == 31 and child["clusterer_holdout"] == 0.3  # the deployment's: not sent
+    assert child["run_dir"] == str(run_dir) and child["labels"] == "clusters" and child["ratio"] == 1.0
 
 
-def flow_run_parameters(env: dict[str, str], name: str) -> dict:
-    """The parameters the server recorded for the flow run called ``name``."""
+def flow_run(env: dict[str, str], name: str) -> dict:
+    """The parameters and tags the server recorded for the flow run called ``name``."""
     script = ("import json, sys; from prefect.client.orchestration import get_client; "
               "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName; "
               "c = get_client(sync_client=True).__enter__(); "
               "(run,) = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sys.argv[1]]))); "
-              "print(json.dumps(run.parameters))")
+              "print(json.dumps({'parameters': run.parameters, 'tags': run.tags}))")
     read = subprocess.run([sys.executable, "-c", script, name], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert read.returncode == 0, read.stdout + read.stderr
@@ -219,3 +279,15 @@ def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:
     assert (cfg.k, cfg.d_model, cfg.nhead, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.epochs, cfg.lr) == \
         (64, 256, 8, 6, 6, 50, 1e-4)
     assert clusformer["label"] != facet.get("label", "run")  # both summaries live in one run folder
+
+
+def test_every_deployments_parameters_fit_the_flows_parameter_form() -> None:
+    """What prefect.yaml stores passes the flow's typed parameters (Literal names, the option models), as the
+    server checks a run's parameters against the deployment's schema."""
+    import yaml
+
+    from flows.semi_supervised import semi_supervised
+
+    for deployment in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]:
+        validated = semi_supervised.validate_parameters(deployment["parameters"])
+        assert validated["method"] == deployment["parameters"]["method"], deployment["name"]

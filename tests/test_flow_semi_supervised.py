@@ -8,6 +8,7 @@ run that skips every stage. Bad parameters fail before anything is written.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.semi_supervised import semi_supervised
+from semiface.code_version import code_version, version_tag
 from semiface.errors import ConfigError, DataError
 from tasks.common import FAULT_ENV, InjectedFault
 
@@ -40,15 +42,30 @@ def prefect_server():
         yield
 
 
+def read_task_runs(flow_run_id) -> list:
+    """The task runs of a flow run in start order, once the server holds each one's final state (task
+    run states reach it as events, a moment after the flow returns)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                         sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+        if all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
 def task_states(flow_run_id) -> dict[str, list[str]]:
     """Task name -> the names of its runs' final states (e.g. Completed, Cached, Failed)."""
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
     states: dict[str, list[str]] = {}
-    for run in runs:
+    for run in read_task_runs(flow_run_id):
         states.setdefault(run.name.split("[")[0], []).append(run.state.name)
     return states
+
+
+def task_runs(flow_run_id, name: str) -> list:
+    """The task runs called ``name`` of a flow run, in start order (their ``run_count``, ``state``)."""
+    return [run for run in read_task_runs(flow_run_id) if run.name.split("[")[0] == name]
 
 
 def done_markers(run_dir: Path) -> dict[str, float]:
@@ -82,6 +99,15 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
         assert states[name] == ["Cached", "Completed"], (name, states[name])
     assert all(done_markers(run_dir)[name] == mtime for name, mtime in before.items())  # not recomputed
 
+    # The code version: in the run summary, in the records of the stages this run computed (not in their
+    # keys: the earlier stages' records keep the version that computed them), and as a tag of the flow run.
+    version = code_version()
+    assert summary["code_version"] == version and set(version) == {"commit", "dirty"}
+    retrained = json.loads(next((run_dir / "stages").glob("retrain-*/done.json")).read_text())
+    assert retrained["runtime"]["code_version"] == version
+    with get_client(sync_client=True) as client:
+        assert version_tag(version) in client.read_flow_run(second.state_details.flow_run_id).tags
+
     # What the run produced, from the files it names.
     retrain = pd.read_parquet(summary["retrain_manifest"])
     pseudo = retrain[retrain["label_source"] == "pseudo"]
@@ -101,6 +127,33 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
     states = task_states(third.state_details.flow_run_id)
     assert len(states) == 9 and sum(len(v) for v in states.values()) == 12
     assert {s for runs in states.values() for s in runs} == {"Cached"}
+
+    # A deterministic error (here a DataError) is not retried although the task retries (evaluate: once).
+    def data_error(stage: str, cache_root: Path) -> None:
+        if stage == "evaluate":
+            raise DataError("features.npy", "injected: wrong dimension")
+
+    monkeypatch.setattr("tasks.common.maybe_inject_fault", data_error)
+    failed = semi_supervised(run_dir=str(run_dir), **TINY, refresh=["evaluate"], return_state=True)
+    assert failed.is_failed()
+    (evaluate_run,) = task_runs(failed.state_details.flow_run_id, "evaluate")
+    assert evaluate_run.state.name == "Failed" and evaluate_run.run_count == 1
+    monkeypatch.undo()
+
+    # A stage that runs past its timeout (here 1 s; the stage would take 60) fails TimedOut, and is retried
+    # like a transient failure.
+    def slow(stage: str, cache_root: Path) -> None:
+        if stage == "evaluate":
+            time.sleep(60)
+
+    monkeypatch.setattr("tasks.common.maybe_inject_fault", slow)
+    started = time.monotonic()
+    timed_out = semi_supervised(run_dir=str(run_dir), **TINY, refresh=["evaluate"],
+                                stage_timeouts={"evaluate": 1 / 3600}, return_state=True)
+    assert timed_out.is_failed() and time.monotonic() - started < 50
+    (evaluate_run,) = task_runs(timed_out.state_details.flow_run_id, "evaluate")
+    assert evaluate_run.state.name == "TimedOut" and evaluate_run.run_count == 2
+    monkeypatch.undo()
 
     # refresh: the named stage computes again (both of its runs: first and retrained model), the rest is cached.
     refreshed = semi_supervised(run_dir=str(run_dir), **TINY, refresh=["evaluate"], return_state=True)
@@ -125,14 +178,20 @@ def test_flow_retries_resumes_and_skips(prefect_server, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("override", "error", "message"),
     [
-        ({"method": "no_such_method"}, ConfigError, "unknown clustering method 'no_such_method'"),
+        ({"method": "no_such_method"}, ParameterTypeError, "method"),  # a Method Literal
+        ({"method": "knn_uf", "method_params": {"d_model": 64}}, ConfigError, "'knn_uf': unknown parameter.s. d_model"),
         ({"ratio": 0.0}, ConfigError, "r_U/L must be > 0"),
         ({"ratio": -2.0}, ConfigError, "r_U/L must be > 0"),
         ({"data_source": "folder", "data_path": "/nonexistent/faces", "data_options": {}}, DataError, "/nonexistent/faces"),
         ({"data_source": "recordio", "data_path": None, "data_options": {}}, ConfigError,
          "data_path: required for data_source='recordio': .* or set the Prefect variable 'ms1m_path'"),
-        ({"train_options": {"batch_sise": 8}}, ConfigError, "batch_sise"),
-        ({"refresh": ["trian_backbone"]}, ConfigError, "refresh: unknown stage"),
+        ({"train_options": {"batch_sise": 8}}, ParameterTypeError, "batch_sise"),  # the TrainOptions model
+        ({"refresh": ["trian_backbone"]}, ParameterTypeError, "refresh"),  # a StageName Literal
+        ({"stage_timeouts": {"retrian": 2.0}}, ParameterTypeError, "stage_timeouts"),
+        ({"stage_timeouts": {"retrain": 0.0}}, ConfigError, "stage_timeouts: hours > 0"),
+        ({"device": "gpu"}, ParameterTypeError, "device"),
+        ({"train_options": {"margin": "softmax"}}, ParameterTypeError, "margin"),
+        ({"clusterer_holdout": 0.9}, ConfigError, "clusterer_holdout=0.9: 5 of 6 labelled identities"),
         ({"train_options": {"batch_size": 8, "nproc_per_node": 3}}, ConfigError, "nproc_per_node: .* got 3"),
         ({"cluster_features": "arcface"}, ParameterTypeError, "cluster_features"),  # Prefect checks the Literal
         ({"retrain_options": {"head_init": "class_means"}, "retrain_from": "scratch"}, ConfigError,
@@ -203,8 +262,9 @@ def test_clusterer_holdout_keeps_identities_from_the_first_backbone_for_the_clus
     assert len(summary_of("train_backbone")) == 1
 
 
-def test_compare_ratios_takes_every_run_parameter_with_the_same_default_and_type() -> None:
-    """compare-ratios shows semi_supervised's parameters (one list, shared by signature) in Prefect's schema."""
+def test_compare_ratios_takes_every_run_parameter_unset_by_default_and_both_forms_describe_them() -> None:
+    """compare-ratios shows semi_supervised's parameters (one list, shared by signature) in Prefect's schema,
+    each optional with None (not set) as its default; every field of both forms has a description."""
     import inspect
 
     from prefect.utilities.callables import parameter_schema
@@ -216,17 +276,21 @@ def test_compare_ratios_takes_every_run_parameter_with_the_same_default_and_type
     sweep = inspect.signature(compare_ratios.fn).parameters
     assert set(RUN_PARAMETERS) == set(run) - {"ratio", "labels", "label"}
     for name in RUN_PARAMETERS:
-        assert sweep[name].annotation == run[name].annotation, name
-        if name != "run_dir":  # each flow has its own default run folder
-            assert sweep[name].default == run[name].default, name
+        assert sweep[name].annotation == run[name].annotation | None and sweep[name].default is None, name
     schema = parameter_schema(compare_ratios)
     assert set(RUN_PARAMETERS) | {"ratios", "include_bounds", "max_parallel", "deployment"} == set(schema.properties)
-    assert schema.properties["data_source"]["enum"] == ["demo", "folder", "recordio", "features"]
-    assert schema.properties["run_dir"]["default"] == "runs/compare-ratios"
+    assert schema.properties["data_source"]["anyOf"][0]["enum"] == ["demo", "folder", "recordio", "features"]
+    assert "runs/compare-ratios" in schema.properties["run_dir"]["description"]
+    assert "else 80" in schema.properties["k"]["description"]
+    for flow in (semi_supervised, compare_ratios):
+        properties = parameter_schema(flow).properties
+        assert all(p.get("description") for p in properties.values()), [n for n, p in properties.items()
+                                                                         if not p.get("description")]
+    assert parameter_schema(semi_supervised).properties["k"]["description"].startswith("neighbours in the kNN graphs")
 
 
 def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, tmp_path, monkeypatch):
-    from flows.compare_ratios import child_parameters, compare_ratios
+    from flows.compare_ratios import compare_ratios
 
     monkeypatch.setenv(FAULT_ENV, "cluster:1")  # only the r_U/L run clusters: it fails, the bounds complete
     run_dir = tmp_path / "sweep"
@@ -235,8 +299,11 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
     assert rows["ratio-1"]["status"].startswith("failed: cluster: injected fault")
     assert rows["ratio-1"]["rank1"] is None and rows["ratio-1"]["r_U/L"] == 1.0
     assert rows["lower-bound"]["status"] == rows["upper-bound"]["status"] == "completed"
-    assert "failed: cluster" in (run_dir / "compare" / "comparison.md").read_text()
-    assert (run_dir / "compare" / "rank1_vs_ratio.png").is_file()
+    # The method is in the labels and the comparison folder: a sweep of another method keeps its own.
+    assert {p.name for p in run_dir.glob("*.json")} == {"knn_uf-lower-bound.json", "knn_uf-upper-bound.json"}
+    assert "failed: cluster" in (run_dir / "compare-knn_uf" / "comparison.md").read_text()
+    assert (run_dir / "compare-knn_uf" / "rank1_vs_ratio.png").is_file()
+    assert summary["code_version"] == code_version()
 
     # Artifact keys carry the experiment (the run folder): another experiment's never replace these.
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -248,13 +315,13 @@ def test_a_failed_sweep_run_is_reported_in_the_table_not_fatal(prefect_server, t
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(like_=experiment)), limit=200)}
-    assert {f"{experiment}-compare-ratios", f"{experiment}-lower-bound-verdict",
-            f"{experiment}-upper-bound-verdict"} <= keys, keys
+    assert {f"{experiment}-compare-knn-uf", f"{experiment}-knn-uf-lower-bound-verdict",
+            f"{experiment}-knn-uf-upper-bound-verdict"} <= keys, keys
 
-    # On a deployment a run gets only what differs from the flow's defaults, and the shared run_dir.
-    common = {"method": "facet", "k": 80, "epochs": 3, "run_dir": "runs/x", "device": "auto"}
-    assert child_parameters(common, None) == common
-    assert child_parameters(common, "semi-supervised/ms1m") == {"epochs": 3, "run_dir": "runs/x"}
+    # A hold-out too large for the labelled identities fails the sweep before any run starts.
+    with pytest.raises(ConfigError, match="clusterer_holdout=0.8: 5 of 6 labelled identities"):
+        compare_ratios(ratios=[1.0], run_dir=str(tmp_path / "refused"), clusterer_holdout=0.8, **TINY)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_the_train_task_launches_torchrun_and_alone_holds_the_stage(prefect_server, tmp_path):
@@ -317,7 +384,7 @@ def test_eval_set_in_the_megaface_layout_replaces_the_split_and_follows_a_moved_
     assert results["inputs"]["n_probe_rows"] == 11 and results["inputs"]["n_distractor_rows"] == 15
     assert results["inputs"]["noise_removed"] == {"probe": 1, "distractor": 5}
     assert task_states(cleaned.state_details.flow_run_id)["prepare-eval-set"] == ["Completed"]
-    with pytest.raises(ConfigError, match="eval_set: unknown parameter"):
+    with pytest.raises(ParameterTypeError, match="eval_set.distractor: Extra inputs"):  # the EvalSet model
         semi_supervised(run_dir=str(run_dir), data_path=str(moved / "faces"), eval_set={"probes": "p", "distractor": "x"},
                         **params)
     with pytest.raises(ConfigError, match="probe and distractor shares are 0 and no eval_set"):
