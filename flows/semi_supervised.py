@@ -39,6 +39,7 @@ from semiface.atomic import save_json
 from semiface.code_version import code_version, version_tag
 from semiface.errors import ConfigError, DataError
 from semiface.markdown import markdown_table
+from tasks.align_eval import aligned_eval_set
 from tasks.build_knn import build_knn_task
 from tasks.cluster import cluster_task
 from tasks.common import (
@@ -55,7 +56,7 @@ from tasks.extract_features import extract_features_task
 from tasks.merge_pseudo_labels import merge_pseudo_labels_task
 from tasks.prepare_data import check_inputs, data_options_for, labelled_identities, with_current_inputs
 from tasks.prepare_data import prepare_data as prepare_data_task
-from tasks.prepare_eval import aligned_eval_set, eval_set_inputs, prepare_eval_task, with_image_links
+from tasks.prepare_eval import eval_set_inputs, prepare_eval_task, with_image_links
 from tasks.retrain import retrain_task
 from tasks.stage_cache import StageResult
 from tasks.train_backbone import LAUNCH_OPTIONS, TASK_OWNED, train_backbone_task

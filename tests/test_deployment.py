@@ -286,8 +286,13 @@ def test_every_deployments_parameters_fit_the_flows_parameter_form() -> None:
     server checks a run's parameters against the deployment's schema."""
     import yaml
 
+    from flows.compare_ratios import compare_ratios
     from flows.semi_supervised import semi_supervised
 
+    flows = {"flows/semi_supervised.py:semi_supervised": semi_supervised,
+             "flows/compare_ratios.py:compare_ratios": compare_ratios}
     for deployment in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]:
-        validated = semi_supervised.validate_parameters(deployment["parameters"])
-        assert validated["method"] == deployment["parameters"]["method"], deployment["name"]
+        flow = flows[deployment["entrypoint"]]
+        validated = flow.validate_parameters(deployment["parameters"])
+        name = "method" if flow is semi_supervised else "deployment"
+        assert validated[name] == deployment["parameters"][name], deployment["name"]

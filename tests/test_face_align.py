@@ -144,7 +144,7 @@ def test_an_unaligned_set_is_refused_without_the_extra_saying_how_to_align_it(tm
 
     import backbone.dlib_embedder
     from semiface.manifest import write_manifest
-    from tasks.prepare_eval import aligned_eval_set
+    from tasks.align_eval import aligned_eval_set
     from tasks.stage_cache import StageResult
 
     for name, size in (("probes/A/1.png", 150), ("probes/A/2.png", 150), ("distractors/x.png", 150)):

@@ -105,6 +105,7 @@ def test_the_parameter_models_follow_the_library_and_accept_plain_dicts() -> Non
     from backbone.train_config import TrainConfig
     from clustering.base import available_methods, make_method
     from flows.parameters import DataOptions, EvalSet, TrainOptions, as_options
+    from flows.preflight import FROM_VARIABLES
     from flows.semi_supervised import Method
     from tasks.prepare_data import FEATURE_OPTIONS, SPLIT_OPTIONS
     from tasks.prepare_eval import EVAL_SET_KEYS
@@ -114,7 +115,7 @@ def test_the_parameter_models_follow_the_library_and_accept_plain_dicts() -> Non
         "nproc_per_node"}
     assert set(DataOptions.model_fields) == {f.name for f in dataclasses.fields(DemoConfig)} | set(SPLIT_OPTIONS) | set(
         FEATURE_OPTIONS)
-    assert tuple(EvalSet.model_fields) == EVAL_SET_KEYS
+    assert tuple(EvalSet.model_fields) == (*EVAL_SET_KEYS, FROM_VARIABLES)
     infomap = []
     for name in available_methods():
         try:
@@ -129,4 +130,8 @@ def test_the_parameter_models_follow_the_library_and_accept_plain_dicts() -> Non
     assert as_options(DataOptions.model_validate({"labelled": 0.1, "verify": False, "max_identities": None})) == {
         "labelled": 0.1, "verify": False}
     assert as_options(EvalSet(probes="p", distractors="d")) == {"probes": "p", "distractors": "d"}
+    assert as_options(EvalSet(from_variables="megaface")) == {FROM_VARIABLES: "megaface"}
+    for mixed in ({"from_variables": "megaface", "probes": "p"}, {"probes": "p"}):
+        with pytest.raises(ValueError):
+            EvalSet(**mixed)
     assert as_options(None) is None
