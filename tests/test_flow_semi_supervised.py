@@ -19,7 +19,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.exceptions import ParameterTypeError
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.semi_supervised import semi_supervised
 from semiface.code_version import code_version, version_tag
@@ -34,12 +33,6 @@ TINY = {
     "num_workers": 0, "extract_batch_size": 64,
 }
 STAGES_BEFORE_CLUSTER = {"prepare-data", "train-backbone", "build-knn", "train-clusterer"}
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def read_task_runs(flow_run_id) -> list:

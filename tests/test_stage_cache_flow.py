@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.semi_supervised import semi_supervised
 
@@ -21,12 +20,6 @@ SETTINGS = {
     "train_options": {"batch_size": 8}, "distractor_sizes": [4], "device": "cpu", "num_workers": 0,
     "extract_batch_size": 64,
 }
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def stage_states(state) -> dict[str, set[str]]:
