@@ -51,6 +51,10 @@ class FaceTConfig:
     lr: float = 0.002
     weight_decay: float = 5e-4
     warmup_steps: int = 500
+    # Training budget (not in the paper): pivots each epoch trains on, a fresh seeded sample every epoch
+    # (None: every training row). Sets the steps per epoch, and so the warm-up and cosine schedule, like
+    # Clusformer's max_train_centres; sized from a measured step time (bench/gpu_check.py, docs/gpu.md).
+    max_train_pivots: int | None = None
     loss_weighting: str = "balanced"  # none | weighted (inverse class frequency) | balanced (1:1 sampling)
     val_fraction: float = 0.2  # identities held out of training (validated in context of all labelled rows)
     # Where tau is tuned: "heldout" = links between held-out identities only (scored in the context
@@ -139,6 +143,8 @@ class FaceTConfig:
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.epochs >= 0 and self.batch_size >= 1, f"epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"),
             (self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr > 0, weight_decay >= 0, warmup_steps >= 0"),
+            (self.max_train_pivots is None or self.max_train_pivots >= 1,
+             f"max_train_pivots must be None or >= 1, got {self.max_train_pivots}"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.tune_samples >= 1 and self.epoch_val_samples >= 1,
              f"tune_samples and epoch_val_samples must be >= 1, got {self.tune_samples}, {self.epoch_val_samples}"),

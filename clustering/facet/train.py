@@ -137,7 +137,8 @@ def train_model(
     """
     device = data.features.device
     n = len(data.labels)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    per_epoch = n if cfg.max_train_pivots is None else min(n, cfg.max_train_pivots)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     # A warm-up longer than a fifth of training would leave no room for the decay (small sets).
     warmup = min(cfg.warmup_steps, total_steps // 5)
@@ -156,9 +157,9 @@ def train_model(
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(n), device=device)
+        order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(n)[:per_epoch], device=device)
         losses = []
-        for start in range(0, n, cfg.batch_size):
+        for start in range(0, per_epoch, cfg.batch_size):
             pivots = order[start : start + cfg.batch_size]
             with _train_autocast(device):
                 ids, sequence, pad = gather_sequences(
