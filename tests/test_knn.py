@@ -26,7 +26,7 @@ def test_exact_knn_equals_brute_force() -> None:
     features = np.random.default_rng(0).standard_normal((600, 32)).astype(np.float32) * 3.0
     graph = build_knn(features, 10, device="cpu", chunk_size=128)
     nbrs, sims = _brute_force(features.astype(np.float64), 10)
-    assert graph.nbrs.dtype == np.int64 and graph.sims.dtype == np.float32
+    assert graph.nbrs.dtype == np.int32 and graph.sims.dtype == np.float32  # int32 ids below 2^31 rows
     np.testing.assert_array_equal(graph.nbrs, nbrs)
     np.testing.assert_allclose(graph.sims, sims, atol=1e-5)
     assert np.all(np.diff(graph.sims, axis=1) <= 0)
