@@ -30,6 +30,7 @@ from clustering.placement import device_budget, fit_on_device
 from semiface.devices import autocast_dtype
 
 RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
+ROW_CHUNK = 65_536  # rows per step where a pass over all N rows is chunked
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -67,7 +68,7 @@ def link_scores(
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
         with autocast(table.device):
-            ids, sequence, pad = gather_sequences(pivots, table, hop1, enhanced.__getitem__)
+            ids, sequence, pad = _lp_inputs(pivots, table, hop1, enhanced)
             stats = pair_stats(pivots, ids) if pair_stats is not None else None
             # no padding in the batch (a full kNN graph): no attention mask, the faster kernel, same math
             mask = pad if bool(pad.any()) else None
@@ -76,6 +77,25 @@ def link_scores(
         prob[:, 0] = 0.0
         out[start : start + len(pivots)] = prob.cpu().numpy()
     return out
+
+
+def _lp_inputs(pivots: Tensor, table: Tensor, hop1: int, enhanced: RowStore) -> tuple[Tensor, Tensor, Tensor]:
+    """``gather_sequences``' (ids, sequence, pad): with g held as a tensor gathered straight by id
+    (the same values, without the per-batch ``unique`` that spares a memory map repeated reads)."""
+    if not isinstance(enhanced.rows, Tensor) or enhanced.rows.device != table.device:
+        return gather_sequences(pivots, table, hop1, enhanced.__getitem__)
+    ids = table[pivots, : hop1 + 1]
+    pad = ids < 0
+    sequence = enhanced.rows[ids.clamp(min=0)]
+    return ids, (sequence.masked_fill(pad.unsqueeze(-1), 0.0) if bool(pad.any()) else sequence), pad
+
+
+def _inverse_norms(features: np.ndarray, device: torch.device) -> Tensor:
+    """1 / max(||row||, eps) of every row, float32 on ``device`` (computed chunk by chunk)."""
+    parts = [np.linalg.norm(np.asarray(features[start : start + ROW_CHUNK], dtype=np.float32), axis=1)
+             for start in range(0, len(features), ROW_CHUNK)]
+    norms = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+    return (1.0 / norms.clamp(min=1e-12)).to(device)
 
 
 @contextlib.contextmanager
@@ -118,7 +138,8 @@ def link_probabilities(
     on_features, on_enhanced = placement(len(features), features.shape[1], model.model_dim, table.shape[1], device)
     store = RowStore.place(features, device, on_features)
     table_t = torch.as_tensor(table).to(device)
-    stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids))
+    inverse_norms = None if index is None else _inverse_norms(features, device)
+    stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids, inverse_norms))
     with _enhanced_store(len(features), model.model_dim, device, cfg, on_enhanced) as (out, enhanced):
         enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
         return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, stats)

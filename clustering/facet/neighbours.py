@@ -72,12 +72,18 @@ def gather_sequences(
     return ids, sequence, pad
 
 
-def sequence_stats(index: NeighbourhoodIndex, features: Tensor | RowStore, pivots: Tensor, ids: Tensor) -> Tensor:
+def sequence_stats(
+    index: NeighbourhoodIndex, features: Tensor | RowStore, pivots: Tensor, ids: Tensor, inverse_norms: Tensor | None = None
+) -> Tensor:
     """Neighbourhood statistics [B, L, N_STATS] of each pivot with the ids of its sequence [B, L]
     (cosines from the raw ``features``, a tensor or a ``RowStore``: dot products over the norms,
-    without writing normalised copies of the [B, L, D] rows gathered)."""
+    without writing normalised copies of the [B, L, D] rows gathered; ``inverse_norms`` [N], when
+    given, spares computing the norms of the gathered rows)."""
+    safe = ids.clamp(min=0)
     own = features[pivots].float()
-    others = features[ids.clamp(min=0)].float()
+    others = features[safe].float()
     dots = torch.bmm(others, own.unsqueeze(-1)).squeeze(-1)
+    if inverse_norms is not None:
+        return index.stats(pivots, ids, dots * inverse_norms[pivots].unsqueeze(-1) * inverse_norms[safe])
     norms = own.norm(dim=-1, keepdim=True).clamp(min=_EPS) * others.norm(dim=-1).clamp(min=_EPS)
     return index.stats(pivots, ids, dots / norms)
