@@ -32,7 +32,7 @@ from clustering.base import Clusterer, register
 from clustering.identities import TUNE_SAMPLES, identity_slice
 from clustering.knn import KnnGraph, build_knn
 from clustering.metrics import evaluate_partition
-from clustering.partition import link_confidence, partition_links
+from clustering.partition import MAX_LINKS_PER_NODE, link_confidence, partition_links
 from clustering.thresholds import REFINE_COUNT, quantile_candidates, two_stage_search
 from clustering.union_find import connected_components
 from semiface.atomic import save_json
@@ -179,7 +179,7 @@ class KnnUnionFind(ThresholdBaseline):
     seed: int = 0
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
-        src, dst, sims = graph.edges()
+        src, dst, sims = graph.edges(min_sim=min(thresholds))  # no threshold keeps an edge at or under the lowest
         out = []
         for tau in thresholds:
             labels = partition_links(graph.n, src, dst, sims, tau=tau, max_size=self.max_size, min_size=self.min_size)
@@ -196,7 +196,9 @@ class KnnInfomap(ThresholdBaseline):
     """Infomap on the kNN graph: links to the ``k``-1 nearest neighbours with cosine > ``min_sim``.
 
     Edge weight = cosine ** ``weight_power``; two-level Infomap, ``seed``-ed, best of ``num_trials``
-    (see ``clustering.partition.infomap_partition``). ``confidence_`` as for ``knn_uf``.
+    (see ``clustering.partition.infomap_partition``), each node keeping at most its
+    ``max_links_per_node`` strongest links (None: all). Only the edges over the lowest threshold
+    asked for are ever listed (``KnnGraph.edges`` filters chunk by chunk). ``confidence_`` as for ``knn_uf``.
     """
 
     name: ClassVar[str] = "infomap"
@@ -209,14 +211,16 @@ class KnnInfomap(ThresholdBaseline):
     weight_power: float = 1.0
     num_trials: int = 1
     markov_time: float = 1.0
+    max_links_per_node: int | None = MAX_LINKS_PER_NODE
     max_size: int | None = None
     min_size: int = 1
     tune_samples: int = TUNE_SAMPLES
     seed: int = 0
 
     def _cluster_grid(self, features: np.ndarray, graph: KnnGraph, thresholds: list[float]) -> list[np.ndarray]:
-        src, dst, sims = graph.edges()
-        params = {"num_trials": self.num_trials, "weight_power": self.weight_power, "markov_time": self.markov_time}
+        src, dst, sims = graph.edges(min_sim=min(thresholds))  # no threshold keeps an edge at or under the lowest
+        params = {"num_trials": self.num_trials, "weight_power": self.weight_power, "markov_time": self.markov_time,
+                  "max_links_per_node": self.max_links_per_node}
         out = [
             partition_links(
                 graph.n, src, dst, sims, method="infomap", tau=floor, max_size=self.max_size,

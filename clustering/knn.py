@@ -1,23 +1,27 @@
 """kNN graph of L2-normalised features (cosine similarity), the input of every clustering method.
 
-``KnnGraph``: ``nbrs`` int64 [N, k] and ``sims`` float32 [N, k], each row sorted by decreasing
-similarity with the query itself first; saved as ``knn.npz``. ``build_knn`` computes it with faiss,
-or with exact torch search on CUDA when no working GPU faiss is installed
-(``semiface.faiss_backend.knn_backend``).
+``KnnGraph``: ``nbrs`` [N, k] (int32 below 2^31 rows, int64 beyond: ``id_dtype``) and ``sims``
+float32 [N, k], each row sorted by decreasing similarity with the query itself first; saved as
+``knn.npz`` with the similarities in float16 (half the bytes; read back as float32, within 5e-4).
+``build_knn`` computes it with faiss, or with exact torch search on CUDA when no working GPU faiss is
+installed (``semiface.faiss_backend.knn_backend``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from clustering.ivf_cpu import default_nlist, ivf_self_knn, train_ivf
+from clustering.node_ids import id_dtype
 from clustering.torch_knn import torch_exact_knn
-from semiface.atomic import save_npz
+from semiface.atomic import atomic_open
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.faiss_backend import import_faiss, knn_backend
@@ -25,10 +29,12 @@ from semiface.features import check_features, l2_normalize
 
 log = logging.getLogger(__name__)
 
-# Train the IVF coarse quantizer on at most this many points per list (faiss warns below 39).
-_IVF_TRAIN_POINTS_PER_LIST = 64
 # GPU faiss refuses nprobe above this (CUDA top-k limit); IVF re-searches are capped at it.
 GPU_MAX_NPROBE = 2048
+# Rows per step where a whole-graph pass would otherwise allocate [N, k] temporaries.
+ROW_CHUNK = 65_536
+# Similarities on disk: float16 keeps 11 significant bits (an error under 5e-4 on [-1, 1]).
+DISK_SIMS = np.float16
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class KnnGraph:
     def __post_init__(self) -> None:
         if self.nbrs.shape != self.sims.shape or self.nbrs.ndim != 2:
             raise DataError("knn", f"nbrs {self.nbrs.shape} and sims {self.sims.shape} must be equal 2-D shapes")
+        if not np.issubdtype(self.nbrs.dtype, np.integer):
+            raise DataError("knn", f"neighbour ids must be integers, got {self.nbrs.dtype}")
 
     @property
     def n(self) -> int:
@@ -51,37 +59,71 @@ class KnnGraph:
         return self.nbrs.shape[1]
 
     def save(self, path: str | Path) -> Path:
-        """Write ``knn.npz`` atomically."""
-        return save_npz(path, nbrs=self.nbrs, sims=self.sims)
+        """Write ``knn.npz`` atomically: ids as ``id_dtype(N)``, similarities as float16, converted
+        chunk by chunk (no whole-graph copy)."""
+        arrays = {"nbrs": (self.nbrs, id_dtype(self.n)), "sims": (self.sims, np.dtype(DISK_SIMS))}
+        with atomic_open(path) as handle, zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED) as archive:
+            for name, (array, dtype) in arrays.items():
+                with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_1_0(
+                        member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": array.shape})
+                    for start in range(0, len(array), ROW_CHUNK):
+                        member.write(np.ascontiguousarray(array[start : start + ROW_CHUNK], dtype=dtype).tobytes())
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> KnnGraph:
-        """Read ``knn.npz``; errors name the file."""
+        """Read ``knn.npz`` (ids as ``id_dtype(N)``, similarities as float32); errors name the file."""
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "kNN file not found")
         try:
             with np.load(path) as data:
-                return cls(nbrs=data["nbrs"].astype(np.int64, copy=False), sims=data["sims"].astype(np.float32, copy=False))
+                nbrs = data["nbrs"]
+                nbrs = nbrs.astype(id_dtype(len(nbrs)), copy=False)
+                return cls(nbrs=nbrs, sims=data["sims"].astype(np.float32, copy=False))
         except KeyError as exc:
             raise DataError(path, f"kNN file lacks array {exc}") from exc
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise DataError(path, f"not a readable kNN file ({exc})") from exc
 
     def edges(self, k: int | None = None, min_sim: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Directed edges (query, neighbour, similarity) over the first ``k`` neighbours, self excluded.
+        """Directed edges (query, neighbour, similarity) over the first ``k`` neighbours, self and
+        padding (-1) excluded; ids as ``id_dtype(N)``, similarities float32.
 
         ``k`` counts the query itself (as ``build_knn``'s ``k`` does); ``min_sim`` keeps only edges
-        with similarity strictly above it.
+        with similarity strictly above it. Filtered chunk by chunk: only the kept edges are ever held.
         """
         k = self.k if k is None else k
         if not 1 <= k <= self.k:
             raise ConfigError(f"knn edges: k={k} must be between 1 and the graph's k={self.k}")
-        nbrs, sims = self.nbrs[:, :k], self.sims[:, :k]
-        src = np.repeat(np.arange(self.n, dtype=np.int64), k)
-        dst, w = nbrs.reshape(-1), sims.reshape(-1)
-        keep = src != dst
-        if min_sim is not None:
-            keep &= w > min_sim
-        return src[keep], dst[keep], w[keep]
+        ids = id_dtype(self.n)
+        parts = []
+        for start in range(0, self.n, ROW_CHUNK):
+            stop = min(start + ROW_CHUNK, self.n)
+            dst = self.nbrs[start:stop, :k].astype(ids, copy=False).reshape(-1)
+            w = self.sims[start:stop, :k].astype(np.float32, copy=False).reshape(-1)
+            src = np.repeat(np.arange(start, stop, dtype=ids), k)
+            keep = (src != dst) & (dst >= 0)
+            if min_sim is not None:
+                keep &= w > min_sim
+            parts.append((src[keep], dst[keep], w[keep]))
+        if not parts:
+            return np.empty(0, ids), np.empty(0, ids), np.empty(0, np.float32)
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def self_first_view(nbrs: np.ndarray, width: int) -> np.ndarray | None:
+    """``nbrs[:, :width]`` (a view, no copy) when every row lists itself first, nowhere else in those
+    columns, and no -1 there: the layout ``build_knn`` writes. None otherwise (the caller compacts)."""
+    if width > nbrs.shape[1]:
+        return None
+    for start in range(0, len(nbrs), ROW_CHUNK):
+        block = nbrs[start : start + ROW_CHUNK, :width]
+        own = np.arange(start, start + len(block), dtype=block.dtype)[:, None]
+        if (block[:, :1] != own).any() or (block[:, 1:] == own).any() or (block[:, 1:] < 0).any():
+            return None
+    return nbrs[:, :width]
 
 
 def build_knn(
@@ -105,7 +147,7 @@ def build_knn(
     exact on torch at any N (``clustering.torch_knn``); otherwise with faiss on the CPU.
 
     Peak memory, beyond the input: the index (N*D*4 bytes; IVF adds 8 bytes a row) + the result
-    (N*k*12 bytes) + one query chunk (``chunk_size``*(D + 2k)*4 bytes, ~100 MB for the defaults
+    (N*k*8 bytes: int32 ids below 2^31 rows, float32 similarities) + one query chunk (``chunk_size``*(D + 2k)*4 bytes, ~100 MB for the defaults
     with D=256, k=80) + faiss's fixed search blocks (~16 MB on CPU).
 
     Rows are sorted by decreasing similarity; column 0 is always the query itself with similarity
@@ -129,23 +171,35 @@ def build_knn(
     faiss = import_faiss()
     gpu = _cuda_device(device).index if backend == "faiss-gpu" else None
     exact = n < exact_threshold
-    index = _flat_index(faiss, dim, gpu) if exact else _ivf_index(faiss, features, nlist, nprobe, gpu)
-    for start in range(0, n, chunk_size):
-        index.add(_normalised_rows(features, start, chunk_size))
-
-    nbrs = np.empty((n, k), dtype=np.int64)
+    nbrs = np.empty((n, k), dtype=id_dtype(n))
     sims = np.empty((n, k), dtype=np.float32)
-    max_nprobe = GPU_MAX_NPROBE if gpu is not None else None
-    for start in range(0, n, chunk_size):
-        queries = _normalised_rows(features, start, chunk_size)
-        chunk_sims, chunk_nbrs = index.search(queries, k)
-        if not exact:
-            _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs, max_nprobe)
-        stop = start + len(queries)
+    for start, chunk_nbrs, chunk_sims in _search_chunks(faiss, features, k, exact, nlist, nprobe, chunk_size, gpu):
+        stop = start + len(chunk_nbrs)
         nbrs[start:stop], sims[start:stop] = _put_self_first(chunk_nbrs, chunk_sims, np.arange(start, stop))
         if progress is not None:
             progress(100.0 * stop / n)
     return KnnGraph(nbrs=nbrs, sims=sims)
+
+
+def _search_chunks(
+    faiss, features: np.ndarray, k: int, exact: bool, nlist: int | None, nprobe: int, chunk_size: int, gpu: int | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, ids, similarities) of each chunk of queries: faiss's flat index (exact) or GPU IVF,
+    or on the CPU the list-by-list IVF search of ``clustering.ivf_cpu`` (faiss's candidates, faster)."""
+    n, dim = features.shape
+    if not exact and gpu is None:
+        nlist = _checked_nlist(n, nlist, nprobe)
+        yield from ivf_self_knn(faiss, features, k, nlist, min(nprobe, nlist), chunk_size)
+        return
+    index = _flat_index(faiss, dim, gpu) if exact else _ivf_index(faiss, features, nlist, nprobe, gpu)
+    for start in range(0, n, chunk_size):
+        index.add(_normalised_rows(features, start, chunk_size))
+    for start in range(0, n, chunk_size):
+        queries = _normalised_rows(features, start, chunk_size)
+        chunk_sims, chunk_nbrs = index.search(queries, k)
+        if not exact:
+            _research_incomplete_rows(index, queries, chunk_sims, chunk_nbrs, GPU_MAX_NPROBE)
+        yield start, chunk_nbrs, chunk_sims
 
 
 def _cuda_device(device: str) -> torch.device:
@@ -162,19 +216,20 @@ def _flat_index(faiss, dim: int, gpu: int | None):
     return _to_gpu(faiss, faiss.IndexFlatIP(dim), gpu)
 
 
-def _ivf_index(faiss, features: np.ndarray, nlist: int | None, nprobe: int, gpu: int | None):
-    n, dim = features.shape
-    if nlist is None:
-        nlist = int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+def _checked_nlist(n: int, nlist: int | None, nprobe: int) -> int:
+    nlist = default_nlist(n) if nlist is None else nlist
     if not 1 <= nlist <= n:
         raise ConfigError(f"build_knn: nlist={nlist} must be between 1 and N={n}")
     if nprobe < 1:
         raise ConfigError(f"build_knn: nprobe must be >= 1, got {nprobe}")
-    index = _to_gpu(faiss, faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT), gpu)
-    n_train = min(n, _IVF_TRAIN_POINTS_PER_LIST * nlist)
-    rows = np.sort(np.random.default_rng(0).choice(n, size=n_train, replace=False))
-    index.train(l2_normalize(features[rows]))
-    index.nprobe = min(nprobe, nlist, GPU_MAX_NPROBE if gpu is not None else nlist)  # IndexIVF and GpuIndexIVF share it
+    return nlist
+
+
+def _ivf_index(faiss, features: np.ndarray, nlist: int | None, nprobe: int, gpu: int):
+    """faiss's IVF-Flat on GPU ``gpu``, trained there (``clustering.ivf_cpu.train_ivf``)."""
+    nlist = _checked_nlist(len(features), nlist, nprobe)
+    index = train_ivf(faiss, features, nlist, lambda cpu_index: _to_gpu(faiss, cpu_index, gpu))
+    index.nprobe = min(nprobe, nlist, GPU_MAX_NPROBE)  # IndexIVF and GpuIndexIVF share it
     return index
 
 

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from semiface.errors import ConfigError
+from clustering.node_ids import id_dtype
+from semiface.errors import ConfigError, DataError
 
 LINK_RULES = ("any", "mutual", "average")
+ROW_CHUNK = 32_768  # centre rows per step of ``undirected_links``
+LOOKUP_CHUNK = 262_144  # sides per reverse lookup (a block gathers LOOKUP_CHUNK rows of ids)
+# A side counts as strong from this far under the floor: a float32 mean of two sides just under the
+# floor can round up onto it, and a strong side too many only costs a lookup (the floor is applied exactly after).
+_STRONG_SLACK = 1e-6
 
 
 def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,40 +36,69 @@ def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def undirected_links(
-    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float = 0.0
+    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float = 0.0,
+    within: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique undirected links ``src < dst`` with their weight under ``rule``; links below ``floor`` dropped.
+    """Unique undirected links ``src < dst`` (ids as ``id_dtype(n)``, sorted by pair) with their float32
+    weight under ``rule``; links below ``floor`` dropped.
 
-    Vectorised: the directed scores are grouped by pair key with one sort. Directed scores that
-    cannot reach ``floor`` are dropped before the sort (exact: under ``any`` and ``mutual`` a side
-    under the floor never decides a kept link; under ``average`` a side under 2 floor - 1 keeps the
-    mean under the floor), which at paper scale (5.21M x 150 edges) is most of them.
+    Row i of ``ids`` [n, L] is centre i followed by the elements it scored (-1 = padding; each
+    element listed once), ``probs`` [n, L] their probabilities. Under every rule a link of weight
+    >= ``floor`` > 0 has a side scored >= ``floor`` (``any``: its larger side; ``mutual``: both;
+    ``average``: (a + b) / 2 >= floor needs max(a, b) >= floor). So the rows are read chunk by
+    chunk, only those strong sides are kept, each looks its reverse score up in the other node's
+    row, and the rule and the floor are applied exactly to the pair: memory holds the strong sides,
+    never every directed score (at paper scale 5.21M x 150). ``floor`` <= 0 keeps every pair.
     """
     if rule not in LINK_RULES:
         raise ConfigError(f"link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
-    src, dst, p = directed_edges(ids, probs)
-    cut = 2.0 * floor - 1.0 if rule == "average" else floor
-    if cut > 0:
-        reachable = p >= cut
-        src, dst, p = src[reachable], dst[reachable], p[reachable]
-    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
-    key = lo * np.int64(n) + hi
-    order = np.argsort(key, kind="stable")
-    key, p = key[order], p[order].astype(np.float32)
-    if key.size == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, np.empty(0, dtype=np.float32)
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    counts = np.diff(np.r_[starts, key.size])
-    if rule == "any":
-        weight = np.maximum.reduceat(p, starts)
-    elif rule == "mutual":
-        weight = np.where(counts >= 2, np.minimum.reduceat(p, starts), -1.0)
-    else:
-        weight = np.add.reduceat(p, starts) / 2.0
-    pairs = key[starts]
-    keep = weight >= floor
-    if rule == "mutual":
-        keep &= counts >= 2
-    return pairs[keep] // n, pairs[keep] % n, weight[keep].astype(np.float32)
+    if ids.shape != probs.shape or ids.ndim != 2 or len(ids) != n:
+        raise DataError("links", f"ids {ids.shape} and probs {probs.shape} must both be [{n}, L]")
+    dtype = id_dtype(n)
+    strong = floor - _STRONG_SLACK if floor > 0 else -np.inf
+    parts = []
+    for start in range(0, n, ROW_CHUNK):
+        centre, other, score = directed_edges(ids[start : start + ROW_CHUNK], probs[start : start + ROW_CHUNK])
+        keep = score >= strong
+        if within is not None:
+            keep &= (within[centre] == within[other]) & (within[centre] >= 0)
+        centre, other, score = centre[keep].astype(dtype), other[keep].astype(dtype), score[keep].astype(np.float32)
+        reverse, found = _reverse_scores(ids, probs, centre, other)
+        # a pair strong from both sides is taken from the row of its smaller node only
+        twice = found & (reverse >= strong) & (other < centre)
+        weight = _combine(rule, score, reverse, found)
+        keep = ~twice & (weight >= floor)
+        if rule == "mutual":
+            keep &= found
+        lo, hi = np.minimum(centre, other)[keep], np.maximum(centre, other)[keep]
+        parts.append((lo, hi, weight[keep]))
+    if not parts:
+        return np.empty(0, dtype), np.empty(0, dtype), np.empty(0, np.float32)
+    lo, hi, weight = (np.concatenate(column) for column in zip(*parts, strict=True))
+    order = np.argsort(lo.astype(np.int64) * n + hi, kind="stable")
+    return lo[order], hi[order], weight[order]
 
+
+def _reverse_scores(
+    ids: np.ndarray, probs: np.ndarray, centre: np.ndarray, other: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """p(other -> centre) float32 and whether ``other``'s row lists ``centre`` at all (vectorised, in
+    blocks of ``LOOKUP_CHUNK`` sides: each gathers the other node's row)."""
+    reverse = np.zeros(len(centre), dtype=np.float32)
+    found = np.zeros(len(centre), dtype=bool)
+    for start in range(0, len(centre), LOOKUP_CHUNK):
+        block = slice(start, start + LOOKUP_CHUNK)
+        hit = ids[other[block], 1:] == centre[block, None]
+        found[block] = hit.any(axis=1)
+        column = hit.argmax(axis=1) + 1
+        reverse[block] = np.where(found[block], probs[other[block], column], 0.0)
+    return reverse, found
+
+
+def _combine(rule: str, score: np.ndarray, reverse: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """The undirected weight of each pair from its side ``score`` and the ``reverse`` side (0 when not ``found``)."""
+    if rule == "any":
+        return np.where(found, np.maximum(score, reverse), score)
+    if rule == "mutual":
+        return np.minimum(score, reverse)
+    return (score + reverse) / np.float32(2.0)

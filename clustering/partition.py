@@ -6,6 +6,7 @@ The learned methods (FaceT, Clusformer) predict a link probability per kNN edge 
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -14,7 +15,17 @@ from clustering.union_find import connected_components, drop_small
 from semiface.errors import ConfigError, DataError, reject_unknown
 
 PARTITION_METHODS = ("union_find", "infomap")
-INFOMAP_PARAMS = frozenset({"num_trials", "weight_power", "markov_time"})
+INFOMAP_PARAMS = frozenset({"num_trials", "weight_power", "markov_time", "max_links_per_node", "memory_budget"})
+# Each node keeps at most its this many strongest links (a link stays when it is among the strongest
+# of either end): at most N x this many links reach Infomap however dense the graph above tau.
+MAX_LINKS_PER_NODE = 100
+# Infomap's own memory, fitted to its peak resident memory (bench/cluster_scaling.py, infomap_memory
+# case): bytes per node and per link, the latter with the float64 (source, target, weight) array
+# handed to it. An estimate over ``memory_budget`` is refused before Infomap starts.
+INFOMAP_NODE_BYTES = 1_400
+INFOMAP_LINK_BYTES = 90
+INFOMAP_BUDGET_ENV = "SEMIFACE_INFOMAP_MEMORY_GB"
+DEFAULT_INFOMAP_BUDGET = 16 * 2**30
 # How Infomap weighs a link of a learned model: its probability p, its odds p / (1 - p), or the square
 # root of the odds. Learned link probabilities crowd near 1, where p itself barely tells a sure link
 # from a doubtful one; the odds keep that order as weight, but let the surest links hold most of the
@@ -100,6 +111,8 @@ def infomap_partition(
     num_trials: int = 1,
     weight_power: float = 1.0,
     markov_time: float = 1.0,
+    max_links_per_node: int | None = MAX_LINKS_PER_NODE,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """Two-level Infomap modules (int64 [n], contiguous from 0 by smallest member) of an undirected weighted graph.
 
@@ -107,6 +120,11 @@ def infomap_partition(
     links listed in both directions add up. Self-links and zero-weight links are dropped; nodes
     with no link are singletons. ``seed`` makes the result reproducible; ``num_trials`` keeps the
     best of several searches; ``markov_time`` > 1 gives fewer, larger modules.
+    ``max_links_per_node`` (None: no cap) keeps only links among the strongest of either end
+    (``cap_links_per_node``). The links reach Infomap as one array (infomap >= 2.11 reads it in
+    C++, no loop per link); a request whose estimated memory (``infomap_memory``) exceeds
+    ``memory_budget`` bytes (None: ``$SEMIFACE_INFOMAP_MEMORY_GB``, else 16 GiB) is refused with a
+    ConfigError naming the numbers.
     """
     import infomap
 
@@ -115,13 +133,21 @@ def infomap_partition(
             f"infomap: num_trials must be >= 1 and weight_power, markov_time > 0 "
             f"(got {num_trials}, {weight_power}, {markov_time})"
         )
-    src, dst = np.asarray(src, dtype=np.int64).reshape(-1), np.asarray(dst, dtype=np.int64).reshape(-1)
+    if max_links_per_node is not None and max_links_per_node < 1:
+        raise ConfigError(f"infomap: max_links_per_node must be >= 1 or None, got {max_links_per_node}")
+    src, dst = np.asarray(src).reshape(-1), np.asarray(dst).reshape(-1)
     weight = np.maximum(np.asarray(weight, dtype=np.float64).reshape(-1), 0.0) ** weight_power
     keep = (src != dst) & (weight > 0)
+    if max_links_per_node is not None:
+        keep[keep] = cap_links_per_node(n, src[keep], dst[keep], weight[keep], max_links_per_node)
     if not keep.any():
         return np.arange(n, dtype=np.int64)
+    _check_budget(n, int(keep.sum()), max_links_per_node, memory_budget)
     # seed + 1: Infomap's seeds start at 1
     engine = infomap.Infomap(two_level=True, silent=True, seed=seed + 1, num_trials=num_trials, markov_time=markov_time)
+    if not _reads_arrays(engine):
+        raise ConfigError(f"infomap {infomap.__version__} copies links one by one into Python lists: "
+                          "install infomap >= 2.11 (pip install 'infomap>=2.11,<3'), whose add_links reads a NumPy array in C++")
     engine.add_nodes(range(n))
     engine.add_links(np.column_stack([src[keep], dst[keep], weight[keep]]))
     engine.run()
@@ -134,6 +160,45 @@ def infomap_partition(
     labels = np.empty(n, dtype=np.int64)
     labels[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(modules.values(), np.int64, len(modules))
     return drop_small(labels, 1)
+
+
+def cap_links_per_node(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, cap: int) -> np.ndarray:
+    """Mask of the links among the ``cap`` strongest of their source or of their target (ties: the
+    earlier link), so no more than ``n`` x ``cap`` links are kept; vectorised (two sorts)."""
+    count = len(src)
+    ends = np.concatenate([src, dst])
+    order = np.lexsort((np.arange(2 * count), -np.concatenate([weight, weight]), ends))  # by node, strongest first
+    sorted_ends = ends[order]
+    first = np.searchsorted(sorted_ends, np.arange(n))  # where each node's run starts
+    rank = np.arange(2 * count) - first[sorted_ends]
+    kept = np.zeros(count, dtype=bool)
+    kept[order[rank < cap] % count] = True
+    return kept
+
+
+def infomap_memory(n: int, links: int) -> int:
+    """Estimated peak bytes of Infomap on ``n`` nodes and ``links`` links (``INFOMAP_*_BYTES``)."""
+    return n * INFOMAP_NODE_BYTES + links * INFOMAP_LINK_BYTES
+
+
+def _check_budget(n: int, links: int, cap: int | None, budget: int | None) -> None:
+    if budget is None:
+        setting = os.environ.get(INFOMAP_BUDGET_ENV)
+        budget = int(float(setting) * 2**30) if setting else DEFAULT_INFOMAP_BUDGET
+    needed = infomap_memory(n, links)
+    if needed > budget:
+        raise ConfigError(
+            f"infomap: {links:,} links over {n:,} nodes need about {needed / 2**30:.1f} GiB "
+            f"({INFOMAP_NODE_BYTES} bytes a node + {INFOMAP_LINK_BYTES} a link), over the memory budget of "
+            f"{budget / 2**30:.1f} GiB. Raise the budget ({INFOMAP_BUDGET_ENV}=<GiB> in the environment, or "
+            f"memory_budget=<bytes>), or pass fewer links: a higher tau / min_sim, or a lower max_links_per_node "
+            f"(now {cap}), or partition with union_find."
+        )
+
+
+def _reads_arrays(engine) -> bool:
+    """Whether this infomap takes a NumPy link array in C++ (``addLinksFromNumpy2D``, infomap >= 2.11)."""
+    return hasattr(engine, "addLinksFromNumpy2D") or hasattr(getattr(engine, "_core", None), "addLinksFromNumpy2D")
 
 
 def _split_oversized(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, max_size: int) -> np.ndarray:

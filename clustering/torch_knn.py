@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from clustering.node_ids import id_dtype
 from semiface.features import l2_normalize
 
 
@@ -26,7 +27,7 @@ def torch_exact_knn(
     dtype: torch.dtype = torch.float32,
     progress: Callable[[float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbour ids int64 [N, k], cosine similarities float32 [N, k]) by decreasing similarity.
+    """(neighbour ids [N, k] as ``id_dtype(N)``, cosine similarities float32 [N, k]) by decreasing similarity.
 
     ``features`` rows are L2-normalised chunk by chunk (the input, possibly a memory map, is not
     modified). The base is held on ``device`` in ``dtype`` (N*D*2 bytes in bf16); scores are
@@ -39,7 +40,7 @@ def torch_exact_knn(
         torch.from_numpy(np.ascontiguousarray(l2_normalize(features[start : start + base_chunk]))).to(device, dtype)
         for start in range(0, n, base_chunk)
     ])
-    nbrs = np.empty((n, k), dtype=np.int64)
+    nbrs = np.empty((n, k), dtype=id_dtype(n))
     sims = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, query_chunk):
         queries = base[start : start + query_chunk]

@@ -41,11 +41,15 @@ def _plane(angles: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return (scale * np.stack([np.cos(rad), np.sin(rad)], axis=1)).astype(np.float32)
 
 
-def _shuffled_graph(n: int) -> KnnGraph:
-    """Every row lists all samples in a scrambled order (the grammar must re-sort them), fake sims."""
+def _scrambled_graph(feats: np.ndarray, k: int) -> KnnGraph:
+    """Each row holds its k nearest samples (itself included) in a scrambled order, then the others
+    scrambled: the grammar must re-sort the first k columns by cosine; fake sims."""
     rng = np.random.default_rng(3)
-    nbrs = np.stack([rng.permutation(n) for _ in range(n)]).astype(np.int64)
-    return KnnGraph(nbrs=nbrs, sims=np.zeros((n, n), dtype=np.float32))
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    nearest = np.argsort(-(unit @ unit.T), axis=1, kind="stable")
+    nbrs = np.concatenate([np.stack([rng.permutation(row) for row in nearest[:, :k]]),
+                           np.stack([rng.permutation(row) for row in nearest[:, k:]])], axis=1)
+    return KnnGraph(nbrs=nbrs.astype(np.int64), sims=np.zeros(nbrs.shape, dtype=np.float32))
 
 
 def _blobs(n_id: int, per_id: int, dim: int = 16, spread: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,15 +64,20 @@ def _blobs(n_id: int, per_id: int, dim: int = 16, spread: float = 0.5, seed: int
 
 def test_sequence_is_centre_then_decreasing_cosine():
     feats = _plane(ANGLES, scale=3.0)  # not unit-norm on purpose: the grammar normalises
-    batch = build_sequences(feats, _shuffled_graph(6), np.array([0, 3]), k=4)
+    graph = _scrambled_graph(feats, 4)
+    batch = build_sequences(feats, graph, np.array([0, 3]), k=4)
     # centre 0 (0 deg): 10, 30, 60 deg next; centre 3 (100 deg): 60 (cos 40), 30 (cos 70), 180 (cos 80)
     np.testing.assert_array_equal(batch.ids, [[0, 2, 4, 1], [3, 1, 4, 5]])
     assert not batch.pad.any()
+    # a graph deeper than k gives the sequences of its first k columns (the rest is never gathered)
+    narrow = build_sequences(feats, KnnGraph(graph.nbrs[:, :4], graph.sims[:, :4]), np.array([0, 3]), k=4)
+    np.testing.assert_array_equal(narrow.ids, batch.ids)
+    np.testing.assert_array_equal(narrow.feats.numpy(), batch.feats.numpy())
 
 
 def test_cosine_distance_encoding_values():
     feats = _plane(ANGLES)
-    batch = build_sequences(feats, _shuffled_graph(6), np.array([0]), k=4)
+    batch = build_sequences(feats, _scrambled_graph(feats, 4), np.array([0]), k=4)
     angles = ANGLES[batch.ids[0]]
     expected = np.cos(np.deg2rad(angles[:, None] - angles[None, :]))
     np.testing.assert_allclose(batch.sims[0].numpy(), expected, atol=1e-6)
@@ -81,7 +90,7 @@ def test_cosine_distance_encoding_values():
 def test_radius_step_stops_at_first_empty_band():
     feats = _plane(ANGLES)
     # cosine distances from 0 deg: 10 -> 0.015, 30 -> 0.134, 60 -> 0.5: bands 0, 0, 1, 5 with step 0.1
-    batch = build_sequences(feats, _shuffled_graph(6), np.array([0]), k=5, radius_step=0.1)
+    batch = build_sequences(feats, _scrambled_graph(feats, 5), np.array([0]), k=5, radius_step=0.1)
     np.testing.assert_array_equal(batch.ids, [[0, 2, 4, -1, -1]])
     np.testing.assert_array_equal(batch.pad.numpy(), [[False, False, False, True, True]])
     assert float(batch.feats[0, 3:].abs().sum()) == 0.0 and float(batch.sims[0, 3:].abs().sum()) == 0.0

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from clustering.evaluate import sweep_threshold
-from clustering.partition import ODDS_CAP, infomap_partition, link_flow, link_odds, partition_links
+from clustering.partition import (
+    INFOMAP_BUDGET_ENV,
+    ODDS_CAP,
+    cap_links_per_node,
+    infomap_memory,
+    infomap_partition,
+    link_flow,
+    link_odds,
+    partition_links,
+)
 from semiface.errors import ConfigError, DataError
 
 
@@ -120,3 +129,57 @@ def test_infomap_imported_before_faiss_does_not_crash():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 0, 1, 1]"
+
+
+def test_a_request_over_the_memory_budget_is_refused_with_its_numbers(monkeypatch):
+    truth, src, dst, weight = planted(groups=4, size=10, p_in=0.5, p_out=0.0, seed=1)
+    n, links = len(truth), len(src)
+    needed = infomap_memory(n, links)
+    with pytest.raises(ConfigError) as refused:
+        infomap_partition(n, src, dst, weight, memory_budget=needed - 1)
+    message = str(refused.value)
+    assert f"{links:,} links over {n:,} nodes" in message and INFOMAP_BUDGET_ENV in message
+    assert "max_links_per_node" in message and "GiB" in message
+    # the environment sets the default budget; just enough memory runs
+    monkeypatch.setenv(INFOMAP_BUDGET_ENV, str((needed - 1) / 2**30))
+    with pytest.raises(ConfigError, match="memory budget"):
+        partition_links(n, src, dst, weight, method="infomap", tau=0.0)
+    monkeypatch.setenv(INFOMAP_BUDGET_ENV, str(needed / 2**30))
+    assert same_partition(partition_links(n, src, dst, weight, method="infomap", tau=0.0), truth)
+
+
+def test_each_node_keeps_its_strongest_links_under_the_cap():
+    rng = np.random.default_rng(4)
+    n, m = 60, 900
+    src, dst = rng.integers(0, n, m), rng.integers(0, n, m)
+    src, dst = src[src != dst], dst[src != dst]
+    weight = rng.random(len(src))
+    cap = 5
+    kept = cap_links_per_node(n, src, dst, weight, cap)
+    assert kept.sum() <= n * cap
+    for node in range(n):
+        mine = np.flatnonzero((src == node) | (dst == node))
+        strongest = mine[np.argsort(-weight[mine], kind="stable")[:cap]]
+        assert kept[strongest].all()  # a node's cap strongest links all stay
+    for link in np.flatnonzero(kept):  # and a link stays only as one of the cap strongest of one of its ends
+        ranks = [np.sum(weight[(src == end) | (dst == end)] > weight[link]) for end in (src[link], dst[link])]
+        assert min(ranks) < cap
+    labels_capped = partition_links(n, src, dst, weight, method="infomap", tau=0.0, max_links_per_node=cap)
+    labels_kept = partition_links(n, src[kept], dst[kept], weight[kept], method="infomap", tau=0.0, max_links_per_node=None)
+    np.testing.assert_array_equal(labels_capped, labels_kept)
+
+
+def test_links_reach_infomap_as_one_array(monkeypatch):
+    import infomap
+
+    seen = []
+    original = infomap.Infomap.add_links
+
+    def spy(self, links):
+        seen.append(links)
+        return original(self, links)
+
+    monkeypatch.setattr(infomap.Infomap, "add_links", spy)
+    truth, src, dst, weight = planted(groups=3, size=8, p_in=0.6, p_out=0.0, seed=2)
+    partition_links(len(truth), src, dst, weight, method="infomap", tau=0.0)
+    assert len(seen) == 1 and isinstance(seen[0], np.ndarray) and seen[0].shape == (len(src), 3)

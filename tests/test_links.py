@@ -1,4 +1,4 @@
-"""Undirected links: dropping directed scores that cannot reach the floor before the sort is exact."""
+"""Undirected links: the rule applied pair by pair, from strong sides read chunk by chunk, whatever the floor."""
 
 from __future__ import annotations
 
@@ -26,3 +26,59 @@ def test_filtering_before_the_sort_equals_filtering_after(rule: str, floor: floa
     np.testing.assert_array_equal(dst, all_dst[keep])
     np.testing.assert_allclose(weight, all_weight[keep], rtol=0, atol=1e-7)
     assert (src < dst).all()
+
+
+def _plain_links(ids: np.ndarray, probs: np.ndarray, rule: str, floor: float) -> dict[tuple[int, int], float]:
+    """The rule applied pair by pair from a dict of every directed score (the definition, no shortcut)."""
+    sides: dict[tuple[int, int], list[float]] = {}
+    for row, probs_row in zip(ids, probs, strict=True):
+        for other, p in zip(row[1:], probs_row[1:], strict=True):
+            if other >= 0 and other != row[0]:
+                sides.setdefault((min(row[0], other), max(row[0], other)), []).append(np.float32(p))
+    out = {}
+    for pair, scores in sides.items():
+        if rule == "any":
+            weight = max(scores)
+        elif rule == "mutual":
+            if len(scores) < 2:
+                continue
+            weight = min(scores)
+        else:
+            weight = (scores[0] + scores[1] if len(scores) == 2 else scores[0]) / np.float32(2.0)
+        if weight >= floor:
+            out[(int(pair[0]), int(pair[1]))] = float(weight)
+    return out
+
+
+@pytest.mark.parametrize("rule", LINK_RULES)
+@pytest.mark.parametrize("floor", [0.0, 0.2, 0.5, 0.8])
+def test_links_equal_the_rule_applied_pair_by_pair(rule: str, floor: float) -> None:
+    """Strong sides and reverse look-ups, chunk by chunk (tiny chunks here), give the definition's links."""
+    import clustering.links as links
+
+    rng = np.random.default_rng(11)
+    n, k = 200, 9
+    others = np.array([rng.choice(n - 1, k - 1, replace=False) for _ in range(n)])
+    others += others >= np.arange(n)[:, None]
+    ids = np.concatenate([np.arange(n)[:, None], others], axis=1).astype(np.int32)
+    ids[:, 1:][rng.random((n, k - 1)) < 0.05] = -1
+    probs = rng.random((n, k)).astype(np.float32)
+    saved = links.ROW_CHUNK, links.LOOKUP_CHUNK
+    links.ROW_CHUNK, links.LOOKUP_CHUNK = 17, 23
+    try:
+        src, dst, weight = undirected_links(n, ids, probs, rule, floor=floor)
+    finally:
+        links.ROW_CHUNK, links.LOOKUP_CHUNK = saved
+    assert src.dtype == np.int32 and weight.dtype == np.float32
+    expected = _plain_links(ids, probs, rule, floor)
+    assert list(zip(src.tolist(), dst.tolist(), strict=True)) == sorted(expected)
+    np.testing.assert_array_equal(weight, np.array([expected[p] for p in sorted(expected)], dtype=np.float32))
+
+
+def test_within_keeps_the_pairs_inside_each_cluster_whatever_their_weight() -> None:
+    ids = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]], dtype=np.int32)
+    probs = np.array([[1, 0.1, 0.9], [1, 0.3, 0.8], [1, 0.7, 0.6], [1, 0.2, 0.4]], dtype=np.float32)
+    labels = np.array([0, 0, 1, -1])  # 3 is in no cluster
+    src, dst, weight = undirected_links(4, ids, probs, "average", within=labels)
+    assert list(zip(src.tolist(), dst.tolist(), strict=True)) == [(0, 1)]
+    np.testing.assert_allclose(weight, [0.2])  # (0.1 + 0.3) / 2, far under any tau

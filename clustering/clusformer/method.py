@@ -195,12 +195,13 @@ class Clusformer(Clusterer):
         n = features.shape[0]
         device = next(model.parameters()).device
         ids, probs = predict_sequences(model, features, knn, cfg, device, progress=self.progress)
-        src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)
+        src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule, floor=self.tau_)  # partition keeps > tau only
         labels = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=self.tau_, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed,
         )
-        confidence = link_confidence(labels, src, dst, weight)
+        # every link inside a cluster, under tau too (those were dropped before the partition)
+        confidence = link_confidence(labels, *undirected_links(n, ids, probs, cfg.link_rule, within=labels))
         if cfg.drop_below is not None:
             labels = np.where(confidence < cfg.drop_below, -1, labels)
         self.confidence_ = confidence.astype(np.float32, copy=False)

@@ -1,8 +1,10 @@
 """Visual grammar (paper section 4.3.1, Algorithm 1) and Cosine Distance Encoding (section 4.3.4).
 
-For a batch of centres, the candidates come from the kNN graph; the sequence is the centre followed
-by its neighbours in decreasing cosine similarity to the centre (recomputed from the features, so the
-order does not depend on how the graph was searched), cut to k. With ``radius_step`` the sequence
+For a batch of centres, the candidates are the first k columns of the kNN graph (the centre and its
+k - 1 nearest neighbours: the graph is sorted by similarity, so a deeper graph, such as the
+deployment's k = 160, adds nothing to a sequence of k but gathers), and the sequence is the centre
+followed by those neighbours in decreasing cosine similarity to the centre (recomputed from the
+features, so the order does not depend on how the graph was searched). With ``radius_step`` the sequence
 grows by bands of cosine distance [r, r + step) from the centre and stops at the first empty band, as
 in Algorithm 1. Sequences are built per batch and never for all N at once. Short sequences (a cut, a
 graph with fewer than k neighbours, -1 ids from an approximate search) are padded and masked.
@@ -17,13 +19,14 @@ import torch
 
 from clustering.knn import KnnGraph
 from clustering.pair_stats import NeighbourhoodIndex
+from clustering.placement import device_budget, fit_on_device
 
 
 @dataclass(frozen=True)
 class SequenceBatch:
     """One batch of visual sequences.
 
-    ``ids`` [B, k] sample ids (-1 = padding), ``feats`` [B, k, d] unit-norm features (zero at padding),
+    ``ids`` [B, k] sample ids (the graph's id dtype, -1 = padding), ``feats`` [B, k, d] unit-norm features (zero at padding),
     ``sims`` [B, k, k] cosine similarities between the elements (zero rows/columns at padding),
     ``pad`` [B, k] True at padding, ``stats`` [B, k, N_STATS] the (centre, element) neighbourhood
     statistics when asked for. Position 0 is always the centre.
@@ -41,7 +44,7 @@ class SequenceBatch:
 
 
 def build_sequences(
-    features: np.ndarray,
+    features: np.ndarray | torch.Tensor,
     knn: KnnGraph,
     centres: np.ndarray,
     k: int,
@@ -51,9 +54,11 @@ def build_sequences(
     index: NeighbourhoodIndex | None = None,
 ) -> SequenceBatch:
     """Visual sequences of length ``k`` for ``centres`` (rows of ``features`` and ``knn``), with the
-    pairs' statistics from ``index`` (a ``NeighbourhoodIndex`` of ``knn`` on ``device``) when given."""
+    pairs' statistics from ``index`` (a ``NeighbourhoodIndex`` of ``knn`` on ``device``) when given.
+    ``features``: a host array (rows gathered per batch) or a tensor already on ``device``
+    (``device_features``)."""
     centres = np.asarray(centres, dtype=np.int64)
-    candidates = _candidates(knn.nbrs[centres], centres)
+    candidates = _candidates(knn.nbrs[centres, :k], centres)
     feats = _gather_unit_rows(features, candidates, device)
     valid = torch.from_numpy(candidates >= 0).to(device)
 
@@ -82,20 +87,35 @@ def build_sequences(
     return SequenceBatch(ids=ids, feats=feats, sims=sims, pad=pad, stats=stats)
 
 
+def device_features(features: np.ndarray, device: torch.device | str) -> np.ndarray | torch.Tensor:
+    """``features`` as a float32 tensor on a GPU ``device`` when they fit in its free memory
+    (``clustering.placement``): sequences are then gathered there. On the CPU, or when they do not
+    fit, the host array itself: rows are gathered per batch."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return features
+    (fits,) = fit_on_device([features.shape[0] * features.shape[1] * 4], device_budget(device))
+    return torch.as_tensor(np.asarray(features, dtype=np.float32)).to(device) if fits else features
+
+
 def _candidates(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Centre first, then the graph's neighbours with the centre's own entries removed (-1)."""
-    rows = np.asarray(rows, dtype=np.int64)
+    """Centre first, then the graph's neighbours with the centre's own entries removed (-1); ids keep the graph's dtype."""
     rows = np.where(rows == centres[:, None], -1, rows)
-    return np.concatenate([centres[:, None], rows], axis=1)
+    return np.concatenate([centres[:, None].astype(rows.dtype), rows], axis=1)
 
 
-def _gather_unit_rows(features: np.ndarray, ids: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def _gather_unit_rows(features: np.ndarray | torch.Tensor, ids: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """Rows ``features[ids]`` (ids -1 give zero rows) L2-normalised, as a float32 tensor [B, K, d].
 
-    Reads only the rows needed, so ``features`` may be a memory map.
+    From a tensor the rows are gathered where it lies; from an array only the rows needed are read,
+    so ``features`` may be a memory map.
     """
     flat = ids.reshape(-1)
     valid = flat >= 0
+    if isinstance(features, torch.Tensor):
+        index = torch.from_numpy(np.where(valid, flat, 0)).to(features.device)
+        rows = features[index].float().masked_fill_(~torch.from_numpy(valid).to(features.device)[:, None], 0.0)
+        return torch.nn.functional.normalize(rows.view(*ids.shape, features.shape[1]), dim=-1).to(device)
     out = np.zeros((flat.size, features.shape[1]), dtype=np.float32)
     out[valid] = features[flat[valid]]
     tensor = torch.from_numpy(out).to(device).view(*ids.shape, features.shape[1])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clustering.clusformer.config import ClusformerConfig
 from clustering.clusformer.model import ClusformerNet
-from clustering.clusformer.sequences import SequenceBatch, build_sequences
+from clustering.clusformer.sequences import SequenceBatch, build_sequences, device_features
 from clustering.knn import KnnGraph
 from clustering.pair_stats import NeighbourhoodIndex
 from semiface.devices import autocast_dtype
@@ -158,21 +158,24 @@ def predict_sequences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run every centre through the model in batches.
 
-    Returns ``ids`` int64 [N, k] (the sequences, -1 = padding) and ``probs`` float32 [N, k], the
-    probability that element t has centre i's identity (1 for the centre, 0 at padding).
+    Returns ``ids`` [N, k] (the sequences in the graph's id dtype, -1 = padding) and ``probs`` float32
+    [N, k], the probability that element t has centre i's identity (1 for the centre, 0 at padding).
+    The features go to a GPU when they fit (``device_features``).
     """
     model.eval()
     n = features.shape[0]
     amp = autocast_dtype(device)
-    ids = np.empty((n, config.k), dtype=np.int64)
+    ids = np.empty((n, config.k), dtype=knn.nbrs.dtype)
     probs = np.empty((n, config.k), dtype=np.float32)
     step = config.infer_batch_size
     index = pair_index(model, knn, device)
+    features = device_features(features, device)
     for start in tqdm(range(0, n, step), desc="clusformer inference", disable=not progress, leave=False):
         centres = np.arange(start, min(start + step, n))
         batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device, index=index)
+        pad = batch.pad if bool(batch.pad.any()) else None  # no padding: no attention mask, the faster kernel
         with _autocast(device, amp):
-            logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
+            logits = model(batch.feats, batch.sims, pad, batch.stats)
         p = torch.sigmoid(logits.float()).masked_fill(batch.pad, 0.0)
         p[:, 0] = 1.0
         ids[start : start + len(centres)] = batch.ids

@@ -1,8 +1,12 @@
 """Scalable FaceT inference: RE once per node (all g), then LP per pivot over its hop1 neighbours.
 
-Large arrays stay bounded: raw features and enhanced features larger than ``memmap_bytes`` are
-read from / written to ``.npy`` memory maps and gathered batch by batch; the output is one
-float32 probability per (pivot, neighbour) of the table.
+Where the arrays live (``clustering.placement``): the neighbour table (int32 ids, a view of the kNN
+graph) and the pair-statistics index always on the device; then the raw features and the enhanced
+features g each on the device while they fit in its free memory minus the headroom. What does not
+fit stays on the host and is gathered batch by batch: raw features from the caller's array, g from
+host RAM or, when larger than ``memmap_bytes``, from a ``.npy`` memory map on disk. On the CPU the
+caller's features are used in place and g follows ``memmap_bytes``. The output is one float32
+probability per (pivot, neighbour) of the table.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequence_stats
 from clustering.facet.row_store import RowStore
 from clustering.pair_stats import NeighbourhoodIndex
+from clustering.placement import device_budget, fit_on_device
 from semiface.devices import autocast_dtype
 
 RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
+ROW_CHUNK = 65_536  # rows per step where a pass over all N rows is chunked
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -62,20 +68,44 @@ def link_scores(
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
         with autocast(table.device):
-            ids, sequence, pad = gather_sequences(pivots, table, hop1, enhanced.__getitem__)
+            ids, sequence, pad = _lp_inputs(pivots, table, hop1, enhanced)
             stats = pair_stats(pivots, ids) if pair_stats is not None else None
-            prob = model.link_log_probs(sequence[:, 0], sequence, pad, stats)[..., 1].exp()
+            # no padding in the batch (a full kNN graph): no attention mask, the faster kernel, same math
+            mask = pad if bool(pad.any()) else None
+            prob = model.link_log_probs(sequence[:, 0], sequence, mask, stats)[..., 1].exp()
         prob = prob.float().masked_fill(pad, 0.0)
         prob[:, 0] = 0.0
         out[start : start + len(pivots)] = prob.cpu().numpy()
     return out
 
 
+def _lp_inputs(pivots: Tensor, table: Tensor, hop1: int, enhanced: RowStore) -> tuple[Tensor, Tensor, Tensor]:
+    """``gather_sequences``' (ids, sequence, pad): with g held as a tensor gathered straight by id
+    (the same values, without the per-batch ``unique`` that spares a memory map repeated reads)."""
+    if not isinstance(enhanced.rows, Tensor) or enhanced.rows.device != table.device:
+        return gather_sequences(pivots, table, hop1, enhanced.__getitem__)
+    ids = table[pivots, : hop1 + 1]
+    pad = ids < 0
+    sequence = enhanced.rows[ids.clamp(min=0)]
+    return ids, (sequence.masked_fill(pad.unsqueeze(-1), 0.0) if bool(pad.any()) else sequence), pad
+
+
+def _inverse_norms(features: np.ndarray, device: torch.device) -> Tensor:
+    """1 / max(||row||, eps) of every row, float32 on ``device`` (computed chunk by chunk)."""
+    parts = [np.linalg.norm(np.asarray(features[start : start + ROW_CHUNK], dtype=np.float32), axis=1)
+             for start in range(0, len(features), ROW_CHUNK)]
+    norms = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+    return (1.0 / norms.clamp(min=1e-12)).to(device)
+
+
 @contextlib.contextmanager
-def _enhanced_store(n: int, d: int, device: torch.device, cfg: FaceTConfig) -> Iterator[tuple[Tensor | np.ndarray, RowStore]]:
-    """Room for all g: on the device when n * d floats fit in ``memmap_bytes``, else a temporary memory map."""
-    if n * d * 4 <= cfg.memmap_bytes:
-        out = torch.empty((n, d), dtype=torch.float32, device=device)
+def _enhanced_store(
+    n: int, d: int, device: torch.device, cfg: FaceTConfig, on_device: bool
+) -> Iterator[tuple[Tensor | np.ndarray, RowStore]]:
+    """Room for all g: on a GPU when ``on_device``; on the host in RAM when n * d floats fit in
+    ``memmap_bytes``, else in a temporary memory map (in ``work_dir`` when set)."""
+    if (device.type != "cpu" and on_device) or n * d * 4 <= cfg.memmap_bytes:
+        out = torch.empty((n, d), dtype=torch.float32, device=device if device.type == "cpu" or on_device else "cpu")
         yield out, RowStore(out, device)
         return
     parent = Path(cfg.work_dir) if cfg.work_dir else None
@@ -85,6 +115,14 @@ def _enhanced_store(n: int, d: int, device: torch.device, cfg: FaceTConfig) -> I
         out = np.lib.format.open_memmap(Path(tmp) / "enhanced.npy", mode="w+", dtype=np.float32, shape=(n, d))
         yield out, RowStore(out, device)
         del out
+
+
+def placement(n: int, feature_dim: int, model_dim: int, table_width: int, device: torch.device) -> tuple[bool, bool]:
+    """(raw features on the device, g on the device) for ``n`` rows: ``clustering.placement``'s rule,
+    with the int32 neighbour table counted first (it always goes to the device)."""
+    table, features, enhanced = n * table_width * 4, n * feature_dim * 4, n * model_dim * 4
+    _, on_features, on_enhanced = fit_on_device([table, features, enhanced], device_budget(device))
+    return on_features, on_enhanced
 
 
 def link_probabilities(
@@ -97,9 +135,11 @@ def link_probabilities(
     model.eval()
     if model.uses_pair_stats and index is None:
         raise ValueError("this FaceT model uses pair statistics: pass the neighbourhood index")
-    store = RowStore.from_array(features, device, cfg.memmap_bytes)
-    table_t = torch.as_tensor(table, dtype=torch.int64).to(device)
-    stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids))
-    with _enhanced_store(len(features), model.model_dim, device, cfg) as (out, enhanced):
+    on_features, on_enhanced = placement(len(features), features.shape[1], model.model_dim, table.shape[1], device)
+    store = RowStore.place(features, device, on_features)
+    table_t = torch.as_tensor(table).to(device)
+    inverse_norms = None if index is None else _inverse_norms(features, device)
+    stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids, inverse_norms))
+    with _enhanced_store(len(features), model.model_dim, device, cfg, on_enhanced) as (out, enhanced):
         enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
         return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, stats)

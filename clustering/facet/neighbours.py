@@ -11,18 +11,27 @@ from torch import Tensor
 
 from clustering.facet.model import FaceTModel
 from clustering.facet.row_store import RowStore
+from clustering.knn import self_first_view
 from clustering.pair_stats import NeighbourhoodIndex
+
+_EPS = 1e-12  # F.normalize's floor on a norm
 
 
 def neighbour_table(nbrs: np.ndarray, count: int) -> np.ndarray:
-    """Rows ``[self, first `count` other neighbours]`` int64 [N, count + 1], -1 where a row runs out.
+    """Rows ``[self, first `count` other neighbours]`` [N, count + 1], -1 where a row runs out; ids
+    in the dtype of ``nbrs`` (int32 below 2^31 rows).
 
-    Robust to kNN rows where the node is not first (duplicate features) or is missing, and to
-    -1 entries (faiss pads rows it could not fill).
+    A graph in ``build_knn``'s layout (self first, nowhere else, no -1 in those columns) gives a view
+    of its first ``count + 1`` columns: the ids are held once, by the graph. Otherwise the table is
+    compacted here, robust to kNN rows where the node is not first (duplicate features) or is
+    missing, and to -1 entries (faiss pads rows it could not fill).
     """
-    nbrs = np.asarray(nbrs, dtype=np.int64)
+    view = self_first_view(nbrs, count + 1)
+    if view is not None:
+        return view
+    nbrs = np.asarray(nbrs)
     n = nbrs.shape[0]
-    own = np.arange(n, dtype=np.int64)[:, None]
+    own = np.arange(n, dtype=nbrs.dtype)[:, None]
     keep = (nbrs >= 0) & (nbrs != own)
     order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, in kNN order
     others = np.take_along_axis(nbrs, order, axis=1)
@@ -63,9 +72,18 @@ def gather_sequences(
     return ids, sequence, pad
 
 
-def sequence_stats(index: NeighbourhoodIndex, features: Tensor | RowStore, pivots: Tensor, ids: Tensor) -> Tensor:
+def sequence_stats(
+    index: NeighbourhoodIndex, features: Tensor | RowStore, pivots: Tensor, ids: Tensor, inverse_norms: Tensor | None = None
+) -> Tensor:
     """Neighbourhood statistics [B, L, N_STATS] of each pivot with the ids of its sequence [B, L]
-    (cosines from the raw ``features``, a tensor or a ``RowStore``)."""
-    own = F.normalize(features[pivots].float(), dim=-1)
-    others = F.normalize(features[ids.clamp(min=0)].float(), dim=-1)
-    return index.stats(pivots, ids, torch.einsum("bd,bld->bl", own, others))
+    (cosines from the raw ``features``, a tensor or a ``RowStore``: dot products over the norms,
+    without writing normalised copies of the [B, L, D] rows gathered; ``inverse_norms`` [N], when
+    given, spares computing the norms of the gathered rows)."""
+    safe = ids.clamp(min=0)
+    own = features[pivots].float()
+    others = features[safe].float()
+    dots = torch.bmm(others, own.unsqueeze(-1)).squeeze(-1)
+    if inverse_norms is not None:
+        return index.stats(pivots, ids, dots * inverse_norms[pivots].unsqueeze(-1) * inverse_norms[safe])
+    norms = own.norm(dim=-1, keepdim=True).clamp(min=_EPS) * others.norm(dim=-1).clamp(min=_EPS)
+    return index.stats(pivots, ids, dots / norms)
