@@ -30,9 +30,14 @@ def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def undirected_links(
-    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float = 0.0
+    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float | None = None, *,
+    logits: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique undirected links ``src < dst`` with their weight under ``rule``; links below ``floor`` dropped.
+
+    ``logits``: ``probs`` and ``floor`` are log-odds (-inf = probability 0), and so are the weights;
+    ``average`` is then the log-odds of the mean probability, computed without leaving log space.
+    ``floor`` None keeps every link.
 
     Vectorised: the directed scores are grouped by pair key with one sort. Directed scores that
     cannot reach ``floor`` are dropped before the sort (exact: under ``any`` and ``mutual`` a side
@@ -42,8 +47,13 @@ def undirected_links(
     if rule not in LINK_RULES:
         raise ConfigError(f"link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
     src, dst, p = directed_edges(ids, probs)
-    cut = 2.0 * floor - 1.0 if rule == "average" else floor
-    if cut > 0:
+    if floor is None:
+        floor = -np.inf if logits else 0.0
+    if logits:
+        cut = _average_cut_log_odds(floor) if rule == "average" else floor
+    else:
+        cut = 2.0 * floor - 1.0 if rule == "average" else floor
+    if cut > (-np.inf if logits else 0):
         reachable = p >= cut
         src, dst, p = src[reachable], dst[reachable], p[reachable]
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
@@ -59,6 +69,9 @@ def undirected_links(
         weight = np.maximum.reduceat(p, starts)
     elif rule == "mutual":
         weight = np.where(counts >= 2, np.minimum.reduceat(p, starts), -1.0)
+    elif logits:
+        second = np.where(counts >= 2, p[np.minimum(starts + 1, key.size - 1)], -np.inf)
+        weight = _mean_probability_log_odds(p[starts], second)
     else:
         weight = np.add.reduceat(p, starts) / 2.0
     pairs = key[starts]
@@ -67,3 +80,20 @@ def undirected_links(
         keep &= counts >= 2
     return pairs[keep] // n, pairs[keep] % n, weight[keep].astype(np.float32)
 
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def _mean_probability_log_odds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log-odds of (sigmoid(a) + sigmoid(b)) / 2, stable for any log-odds (b = -inf: a side not scored)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.logaddexp(_log_sigmoid(a), _log_sigmoid(b)) - np.logaddexp(_log_sigmoid(-a), _log_sigmoid(-b))
+
+
+def _average_cut_log_odds(floor: float) -> float:
+    """The log-odds under which one side keeps the mean probability under sigmoid(``floor``) whatever the
+    other side: logit(2 sigmoid(floor) - 1) = floor + log((1 - e^-floor) / 2); -inf when floor <= 0."""
+    if floor <= 0:
+        return -np.inf
+    return float(floor + np.log(-np.expm1(-floor) / 2.0))

@@ -158,14 +158,14 @@ def predict_sequences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run every centre through the model in batches.
 
-    Returns ``ids`` int64 [N, k] (the sequences, -1 = padding) and ``probs`` float32 [N, k], the
-    probability that element t has centre i's identity (1 for the centre, 0 at padding).
+    Returns ``ids`` int64 [N, k] (the sequences, -1 = padding) and ``scores`` float32 [N, k], the
+    log-odds that element t has centre i's identity (+inf for the centre, -inf at padding).
     """
     model.eval()
     n = features.shape[0]
     amp = autocast_dtype(device)
     ids = np.empty((n, config.k), dtype=np.int64)
-    probs = np.empty((n, config.k), dtype=np.float32)
+    scores = np.empty((n, config.k), dtype=np.float32)
     step = config.infer_batch_size
     index = pair_index(model, knn, device)
     for start in tqdm(range(0, n, step), desc="clusformer inference", disable=not progress, leave=False):
@@ -173,11 +173,11 @@ def predict_sequences(
         batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device, index=index)
         with _autocast(device, amp):
             logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
-        p = torch.sigmoid(logits.float()).masked_fill(batch.pad, 0.0)
-        p[:, 0] = 1.0
+        score = logits.float().masked_fill(batch.pad, -torch.inf)
+        score[:, 0] = torch.inf
         ids[start : start + len(centres)] = batch.ids
-        probs[start : start + len(centres)] = p.cpu().numpy()
-    return ids, probs
+        scores[start : start + len(centres)] = score.cpu().numpy()
+    return ids, scores
 
 
 def pair_index(model: ClusformerNet, knn: KnnGraph, device: torch.device) -> NeighbourhoodIndex | None:
