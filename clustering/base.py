@@ -116,4 +116,5 @@ def _load_builtin_methods() -> None:
 
 
 # Modules that define registered methods; a module not written yet is skipped.
-_BUILTIN_MODULES = ("clustering.baselines", "clustering.pair_classifier", "clustering.facet", "clustering.clusformer")
+_BUILTIN_MODULES = ("clustering.baselines", "clustering.pair_classifier", "clustering.facet", "clustering.clusformer",
+                    "clustering.link_stack")

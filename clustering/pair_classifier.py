@@ -164,13 +164,18 @@ class PairGbdt(Clusterer):
         self.tau_ = tuning.tau
         self.link_rule_ = tuning.rule if self.link_rule == TUNED_RULE else None
 
-    def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
+    def directed_links(self, features: np.ndarray, knn: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, k]: each node then its k - 1 neighbours, log-odds [N, k] that the neighbour is the node's
+        identity; -inf at padding)."""
         if self.model_ is None:
             raise ConfigError("pair_gbdt: call fit on labelled features first")
-        graph = knn_graph_for(features, knn, self.k)
-        ids, scores = self._directed(self.model_, graph)
-        src, dst, weight = undirected_links(graph.n, ids, scores, self.rule, self.threshold, logits=True)
-        labels = partition_links(graph.n, src, dst, weight, method=self.partition, tau=self.threshold,
+        return self._directed(self.model_, knn_graph_for(features, knn, self.k))
+
+    def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
+        ids, scores = self.directed_links(features, knn)
+        n = len(features)
+        src, dst, weight = undirected_links(n, ids, scores, self.rule, self.threshold, logits=True)
+        labels = partition_links(n, src, dst, weight, method=self.partition, tau=self.threshold,
                                  max_size=self.max_size, min_size=self.min_size, seed=self.seed,
                                  link_weight=self.infomap_weight, logits=True)
         self.confidence_ = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))

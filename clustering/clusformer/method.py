@@ -224,15 +224,9 @@ class Clusformer(Clusterer):
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
         from clustering.partition import link_confidence, partition_links
 
-        model = self._trained_model()
-        check_features(features, "features", dim=model.feature_dim)
-        if knn is not None:
-            _check_graph(knn, features.shape[0])
-        knn = self._graph_for(features, knn)
         cfg = self.config
         n = features.shape[0]
-        device = next(model.parameters()).device
-        ids, scores = predict_sequences(model, features, knn, cfg, device, progress=self.progress)
+        ids, scores = self.directed_links(features, knn)
         src, dst, weight = undirected_links(n, ids, scores, self.link_rule, self.tau, logits=True)
         labels = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
@@ -243,6 +237,16 @@ class Clusformer(Clusterer):
             labels = np.where(confidence < cfg.drop_below, -1, labels)
         self.confidence_ = confidence.astype(np.float32, copy=False)
         return labels.astype(np.int64, copy=False)
+
+    def directed_links(self, features: np.ndarray, knn: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, k]: each node then its sequence, log-odds [N, k] that the element is the node's identity;
+        -inf at padding)."""
+        model = self._trained_model()
+        check_features(features, "features", dim=model.feature_dim)
+        if knn is not None:
+            _check_graph(knn, features.shape[0])
+        return predict_sequences(model, features, self._graph_for(features, knn), self.config,
+                                 next(model.parameters()).device, progress=self.progress)
 
     def _graph_for(self, features: np.ndarray, knn: KnnGraph | None) -> KnnGraph:
         """``knn`` when it is as deep as the model reads (k, and the pair statistics' neighbours),

@@ -185,12 +185,16 @@ class FaceT(Clusterer):
         """Undirected links (src < dst, log-odds) between each node and its hop1 neighbours, the two
         directions combined by ``link_rule``; links under ``min_score`` (log-odds; default: the
         threshold in use) dropped."""
-        model = self._trained_model()
-        check_features(features, "features", dim=model.feature_dim)
-        neighbourhood = self._neighbourhood(features, knn, model_device(model))
-        ids, scores = self._directed(model, features, neighbourhood)
+        ids, scores = self.directed_links(features, knn)
         return undirected_links(len(features), ids, scores, self.link_rule, self.tau if min_score is None else min_score,
                                 logits=True)
+
+    def directed_links(self, features: np.ndarray, knn: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, L]: each node then its hop1 neighbours, log-odds [N, L] that the neighbour is the node's
+        identity; -inf at padding)."""
+        model = self._trained_model()
+        check_features(features, "features", dim=model.feature_dim)
+        return self._directed(model, features, self._neighbourhood(features, knn, model_device(model)))
 
     def _directed(self, model: FaceTModel, features: np.ndarray, neighbourhood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N, L]: each node then its hop1 neighbours, log-odds [N, L] of node -> neighbour)."""
