@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +28,13 @@ from clustering.knn import KnnGraph, build_knn
 from clustering.link_tuning import RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
 from clustering.links import directed_edges, undirected_links
 from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, link_confidence, partition_links
+from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 
 log = logging.getLogger(__name__)
 
+FORMAT = "semiface-link-stack/1"
 _CLIP = 50.0  # members' log-odds are clipped to +-50 before they are combined (the solver needs finite inputs)
 _SHARED = ("val_fraction", "seed")  # set by the stack on every member: the same held-out identities
 # Settings ``retuned`` may change: how the stacked links are cut and partitioned, not the members.
@@ -136,6 +141,43 @@ class LinkStack(Clusterer):
                                  min_size=self.min_size, seed=self.seed, link_weight=self.infomap_weight, logits=True)
         self.confidence_ = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))
         return labels
+
+    def save(self, path: str | Path) -> Path:
+        """One file: every member saved by its own ``save``, the combination, tau and the rule (pickled:
+        load only files this project wrote)."""
+        if self.weights_ is None:
+            raise ConfigError("link_stack: nothing to save before fit")
+        members = []
+        with tempfile.TemporaryDirectory(prefix="link-stack-") as tmp:
+            for i, ((name, _), member) in enumerate(zip(self.members, self.fitted_, strict=True)):
+                members.append((name, member.save(Path(tmp) / f"member{i}").read_bytes()))
+        state = {key: getattr(self, key) for key in ("members", "k", "val_fraction", "tune_samples", "tune_on",
+                                                     "partition", "link_rule", "infomap_weight", "tau", "max_size",
+                                                     "min_size", "seed")}
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(pickle.dumps({"format": FORMAT, "params": state, "members": members,
+                                                "weights": self.weights_, "tau": self.tau_, "link_rule": self.link_rule_}))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinkStack:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "link_stack model file not found")
+        try:
+            payload = pickle.loads(path.read_bytes())
+        except Exception as exc:  # pickle raises many types on a foreign file
+            raise DataError(path, f"not a readable link_stack model ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise DataError(path, "not a link_stack model file (format tag missing)")
+        params = dict(payload["params"])
+        method = cls(params.pop("members"), **params)
+        with tempfile.TemporaryDirectory(prefix="link-stack-") as tmp:
+            for i, (name, blob) in enumerate(payload["members"]):
+                (Path(tmp) / f"member{i}").write_bytes(blob)
+                method.fitted_.append(type(make_method(name)).load(Path(tmp) / f"member{i}"))
+        method.weights_, method.tau_, method.link_rule_ = payload["weights"], payload["tau"], payload["link_rule"]
+        return method
 
     def _member_scores(self, features: np.ndarray, knn: KnnGraph | None) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N, L] of the first member's layout, scores [N, L, members]; -inf where a member did not score)."""

@@ -10,7 +10,7 @@ from clustering.base import make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits
 from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition
-from semiface.errors import ConfigError
+from semiface.errors import ConfigError, DataError
 
 TINY_FACET = dict(preset="demo", hop1=10, hop2=3, heads=2, head_dim=8, ff_dim=16, epochs=2, device="cpu")
 
@@ -23,7 +23,7 @@ def splits():
     torch.set_num_threads(threads)
 
 
-def test_stack_weighs_its_members_on_heldout_links_and_clusters(splits) -> None:
+def test_stack_weighs_its_members_on_heldout_links_and_clusters(splits, tmp_path) -> None:
     members = [("facet", TINY_FACET), ("pair_gbdt", {"k": 11, "max_iter": 40})]
     stack = make_method("link_stack", members=members, k=11, partition="infomap")
     stack.fit(splits.train_features, splits.train_labels)
@@ -38,6 +38,11 @@ def test_stack_weighs_its_members_on_heldout_links_and_clusters(splits) -> None:
     union_find = stack.retuned(splits.train_features, splits.train_labels, partition="union_find")
     assert union_find.fitted_ is stack.fitted_ and union_find.partition == "union_find" and stack.partition == "infomap"
     assert stack.confidence_.shape == (len(test_x),) and (stack.confidence_ <= 1).all()
+    loaded = type(stack).load(stack.save(tmp_path / "stack.pkl"))
+    np.testing.assert_array_equal(loaded.fit_predict(test_x, graph), stack.fit_predict(test_x, graph))
+    (tmp_path / "foreign.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="foreign.pkl"):
+        type(stack).load(tmp_path / "foreign.pkl")
 
 
 def test_stack_refuses_members_that_set_what_it_shares() -> None:
