@@ -80,8 +80,9 @@ def scaling_case(n: int, train_centres: int, device_spec: str) -> dict:
         infer_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        src, dst, weight = undirected_links(n, ids, probs, config.link_rule)
-        partition_links(n, src, dst, weight, tau=0.9)
+        tau = float(np.log(0.9 / 0.1))  # p = 0.9, as log-odds
+        src, dst, weight = undirected_links(n, ids, probs, config.link_rule, logits=True)
+        partition_links(n, src, dst, weight, tau=tau, logits=True)
         partition_seconds = time.perf_counter() - started
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     trained = min(n, train_centres)

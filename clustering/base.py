@@ -36,6 +36,12 @@ class Clusterer(ABC):
         """Train on labelled features; methods that learn nothing return self."""
         return self
 
+    def retuned(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None, **changes: object) -> Clusterer:
+        """A copy of a fitted method with settings that do not change what it learned (a partition, a link
+        rule...) changed and its threshold tuned again on the labelled data it was fitted on; learned
+        link methods override this."""
+        raise ConfigError(f"clustering method {self.name!r} cannot be retuned: build it again with the new settings")
+
     def save(self, path: str | Path) -> Path:
         """Save a trained method (learned methods override this and ``load``)."""
         raise ConfigError(f"clustering method {self.name!r} learns nothing and has nothing to save")
@@ -74,11 +80,15 @@ def available_methods() -> list[str]:
 def make_method(name: str, **params: object) -> Clusterer:
     """Build a method by name; unknown names and unknown parameters raise ConfigError.
 
-    ``"facet+infomap"`` is shorthand for ``make_method("facet", partition="infomap")``.
+    ``"facet+infomap"`` is shorthand for ``make_method("facet", partition="infomap")``; a ``partition``
+    parameter that says otherwise is refused.
     """
     _load_builtin_methods()
     if "+" in name:
         name, partition = name.split("+", 1)
+        if params.get("partition", partition) != partition:
+            raise ConfigError(f"clustering method {name}+{partition!s}: the name says partition={partition!r} but the "
+                              f"parameters say partition={params['partition']!r}; give one of the two")
         params = {**params, "partition": partition}
     if name not in _REGISTRY:
         raise ConfigError(f"unknown clustering method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
@@ -106,4 +116,5 @@ def _load_builtin_methods() -> None:
 
 
 # Modules that define registered methods; a module not written yet is skipped.
-_BUILTIN_MODULES = ("clustering.baselines", "clustering.pair_classifier", "clustering.facet", "clustering.clusformer")
+_BUILTIN_MODULES = ("clustering.baselines", "clustering.pair_classifier", "clustering.facet", "clustering.clusformer",
+                    "clustering.link_stack")

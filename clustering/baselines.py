@@ -54,7 +54,7 @@ def knn_graph_for(features: np.ndarray, knn: KnnGraph | None, k: int) -> KnnGrap
     if knn is not None and knn.k >= k:
         return knn if knn.k == k else KnnGraph(nbrs=knn.nbrs[:, :k], sims=knn.sims[:, :k])
     if knn is not None:
-        log.info("kNN graph has k=%d < %d wanted: rebuilding it", knn.k, k)
+        log.warning("kNN graph given has k=%d, fewer than the %d neighbours wanted: building a graph of k=%d here", knn.k, k, k)
     return build_knn(features, k)
 
 

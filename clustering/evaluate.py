@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from clustering.base import make_method
 from clustering.knn import build_knn
-from clustering.metrics import evaluate_partition
+from clustering.metrics import evaluate_partition, singletons_for_unclustered
 from clustering.partition import partition_links
 from clustering.thresholds import COARSE_COUNT, REFINE_COUNT, quantile_candidates, two_stage_search
 from semiface.atomic import atomic_open, save_json
@@ -42,6 +43,8 @@ def sweep_threshold(
     max_size: int | None = None,
     seed: int = 0,
     link_weight: str = "probability",
+    logits: bool = False,
+    heldout: np.ndarray | None = None,
     candidates: int = COARSE_COUNT,
     refine: int = REFINE_COUNT,
 ) -> tuple[pd.DataFrame, float]:
@@ -50,7 +53,9 @@ def sweep_threshold(
     ``taus`` None: ``candidates`` quantiles of the link weights, then ``refine`` values around the
     best (``clustering.thresholds``), so any score range is searched well. The table has one row per
     tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau maximises the mean of
-    pairwise F and BCubed F (ties: the smallest tau). ``link_weight``: see ``partition_links``.
+    pairwise F and BCubed F (ties: the smallest tau). ``heldout`` (bool [n]): score only those rows,
+    within the partition of all rows (``heldout_scores``). ``link_weight`` and ``logits`` (weights
+    and taus are log-odds): see ``partition_links``.
     """
     labels = np.asarray(labels)
     if labels.shape != (n,):
@@ -59,15 +64,54 @@ def sweep_threshold(
         raise ConfigError("sweep_threshold: no tau to try (empty taus)")
 
     def score(thresholds: list[float]) -> list[dict]:
-        return [
-            evaluate_partition(labels, partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size,
-                                                       seed=seed, link_weight=link_weight))
-            for tau in thresholds
-        ]
+        partitions = (partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed,
+                                      link_weight=link_weight, logits=logits) for tau in thresholds)
+        if heldout is None:
+            return [evaluate_partition(labels, pred) for pred in partitions]
+        return [heldout_scores(labels, pred, heldout) for pred in partitions]
 
     coarse = quantile_candidates(weight, candidates) if taus is None else list(taus)
     best, table = two_stage_search(score, coarse, refine=refine if taus is None else 0)
     return table, best
+
+
+def heldout_scores(labels: np.ndarray, pred: np.ndarray, heldout: np.ndarray) -> dict[str, float]:
+    """Pairwise and BCubed P/R/F of the ``heldout`` rows (bool [N], whole identities) within ``pred``, a
+    partition of all N rows: a held-out row's cluster counts its other rows too, so a held-out person
+    merged into a trained one costs precision.
+
+    Pairwise: over the ordered pairs of distinct rows with at least one held-out end. BCubed: averaged
+    over the held-out rows. Unclustered rows (-1) are singletons.
+    """
+    labels, heldout = np.asarray(labels), np.asarray(heldout, dtype=bool)
+    if heldout.shape != labels.shape or np.shape(pred) != labels.shape:
+        raise DataError("heldout", f"expected {len(labels)} predictions and held-out flags, got shapes "
+                                   f"{np.shape(pred)} and {heldout.shape}")
+    if np.isin(labels[~heldout], labels[heldout]).any():
+        raise DataError("heldout", "held-out rows must be whole identities (an identity is partly held out)")
+    pred = singletons_for_unclustered(pred)
+    cluster = np.unique(pred, return_inverse=True)[1]
+    sizes = np.bincount(cluster).astype(np.float64)
+    held_in = np.bincount(cluster[heldout], minlength=len(sizes)).astype(np.float64)
+    _, cell_of_row, cells = np.unique(np.stack([labels[heldout], cluster[heldout]]), axis=1, return_inverse=True,
+                                      return_counts=True)
+    _, class_of_row, class_sizes = np.unique(labels[heldout], return_inverse=True, return_counts=True)
+    cells, class_sizes = cells.astype(np.float64), class_sizes.astype(np.float64)
+    agree = float((cells * (cells - 1)).sum())
+    true_pairs = float((class_sizes * (class_sizes - 1)).sum())
+    pred_pairs = float((held_in * (held_in - 1) + 2 * held_in * (sizes - held_in)).sum())
+    precision = agree / pred_pairs if pred_pairs > 0 else 1.0
+    recall = agree / true_pairs if true_pairs > 0 else 1.0
+    n_held = max(int(heldout.sum()), 1)
+    cell_size = cells[cell_of_row.reshape(-1)]
+    b_precision = float((cell_size / sizes[cluster[heldout]]).sum() / n_held)
+    b_recall = float((cell_size / class_sizes[class_of_row.reshape(-1)]).sum() / n_held)
+    return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f": _harmonic(precision, recall),
+            "bcubed_precision": b_precision, "bcubed_recall": b_recall, "bcubed_f": _harmonic(b_precision, b_recall)}
+
+
+def _harmonic(precision: float, recall: float) -> float:
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
 TUNE_ON = ("heldout", "all")
@@ -88,39 +132,31 @@ def tune_link_threshold(
     max_size: int | None = None,
     seed: int = 0,
     link_weight: str = "probability",
+    logits: bool = False,
     quick: bool = False,
 ) -> tuple[pd.DataFrame, float, dict[str, float]]:
     """Tau for a learned linkage from the links of the whole labelled set; (sweep table, tau, scores).
 
-    ``heldout`` marks rows of identities the model was not trained on. ``tune_on="heldout"``:
-    sweep over the links between two held-out rows only (scores a trained model gives to people it
-    has never seen, as it will on the set to cluster; the whole set still gave each row its
-    neighbours). ``"all"``: sweep over the whole labelled set, training identities included (their
-    links score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of
-    the held-out rows and of the whole set, each partitioned at the chosen tau. ``quick``: fewer
-    candidates and a shorter refinement (per-epoch validation: each candidate is one partition).
-    ``link_weight``: how Infomap weighs the links (``partition_links``).
+    ``heldout`` marks rows of identities the model was not trained on. Every tau partitions all
+    rows. ``tune_on="heldout"``: tau maximises the scores of the held-out rows in that partition
+    (``heldout_scores``: what a trained model gives people it has never seen, merges into trained
+    people included). ``"all"``: the scores of all rows, training identities included (their links
+    score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of the
+    held-out rows and of the whole set at the chosen tau. ``quick``: fewer candidates and a shorter
+    refinement (per-epoch validation: each candidate is one partition). ``link_weight`` and
+    ``logits``: see ``partition_links``.
     """
     if tune_on not in TUNE_ON:
         raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
     labels, heldout = np.asarray(labels), np.asarray(heldout, dtype=bool)
     n = len(labels)
-    rows = np.flatnonzero(heldout)
-    local = np.full(n, -1, dtype=np.int64)
-    local[rows] = np.arange(len(rows))
-    inside = heldout[src] & heldout[dst]
-    search = {"partition": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight,
+    search = {"partition": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight, "logits": logits,
               "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": QUICK_REFINE if quick else REFINE_COUNT}
-    held_links = (local[src[inside]], local[dst[inside]], weight[inside])
-    partition_at = {"method": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight}
-    if tune_on == "heldout":
-        table, tau = sweep_threshold(labels[rows], len(rows), *held_links, taus, **search)
-        held_scores = table.loc[table["tau"] == tau].iloc[0]
-        all_scores = evaluate_partition(labels, partition_links(n, src, dst, weight, tau=tau, **partition_at))
-    else:
-        table, tau = sweep_threshold(labels, n, src, dst, weight, taus, **search)
-        all_scores = table.loc[table["tau"] == tau].iloc[0]
-        held_scores = evaluate_partition(labels[rows], partition_links(len(rows), *held_links, tau=tau, **partition_at))
+    table, tau = sweep_threshold(labels, n, src, dst, weight, taus, heldout=heldout if tune_on == "heldout" else None,
+                                 **search)
+    pred = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed,
+                           link_weight=link_weight, logits=logits)
+    all_scores, held_scores = evaluate_partition(labels, pred), heldout_scores(labels, pred, heldout)
     return table, tau, {
         "all_pairwise_f": float(all_scores["pairwise_f"]), "all_bcubed_f": float(all_scores["bcubed_f"]),
         "heldout_pairwise_f": float(held_scores["pairwise_f"]), "heldout_bcubed_f": float(held_scores["bcubed_f"]),
@@ -133,6 +169,18 @@ TABLE_COLUMNS = (
     ("noise_ratio", "noise"), ("n_clusters", "clusters"), ("n_singletons", "singletons"),
     ("n_unclustered", "unclustered"), ("fit_seconds", "fit s"), ("cluster_seconds", "cluster s"),
 )
+
+
+@dataclass(frozen=True)
+class HarnessRow:
+    """One row of the harness: ``label`` in the table, the registered ``method`` built with ``params``;
+    or, with ``retune_of`` (the label of an earlier row), that row's fitted method retuned with
+    ``params`` as changes (``Clusterer.retuned``: same learned model, another partition, rule or weight)."""
+
+    label: str
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    retune_of: str | None = None
 
 
 def run_harness(
@@ -159,6 +207,26 @@ def run_harness(
     unknown = sorted(set(method_params) - set(methods))
     if unknown:
         raise ConfigError(f"run_harness: parameters given for method(s) not run: {', '.join(unknown)}")
+    rows = [HarnessRow(name, name, dict(method_params.get(name, {}))) for name in methods]
+    return run_rows(rows, train_features, train_labels, test_features, test_labels, k, progress=progress)
+
+
+def run_rows(
+    rows: Sequence[HarnessRow],
+    train_features: np.ndarray | None,
+    train_labels: np.ndarray | None,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 80,
+    *,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """``run_harness`` over ``rows`` (``HarnessRow``): several rows may run one method with other
+    parameters, and a row may retune an earlier row's fitted method instead of fitting its own
+    (``fit_seconds`` is then the retuning's)."""
+    labels_seen = [row.label for row in rows]
+    if len(set(labels_seen)) != len(labels_seen):
+        raise ConfigError(f"run_harness: row labels must be unique, got {labels_seen}")
     test_features = _checked(test_features, test_labels, "features to cluster", "labels to score with")
     has_train = train_features is not None
     if has_train:
@@ -175,32 +243,42 @@ def run_harness(
     knn_seconds = time.perf_counter() - started
     train_graph = build_knn(train_features, min(k, len(train_features))) if has_train else None
 
-    rows = []
-    names = list(methods)
+    out = []
+    fitted: dict[str, Any] = {}
+    todo = rows
     if progress:
         from tqdm import tqdm
 
-        names = tqdm(names, desc="methods", unit="method")
-    for name in names:
-        method = _build(name, dict(method_params.get(name, {})), k, test_labels)
+        todo = tqdm(rows, desc="methods", unit="method")
+    for row in todo:
         fit_seconds = 0.0
-        if method.needs_training and has_train:
-            started = time.perf_counter()
-            method.fit(train_features, train_labels, train_graph)
+        started = time.perf_counter()
+        if row.retune_of is not None:
+            if row.retune_of not in fitted:
+                raise ConfigError(f"run_harness: row {row.label!r} retunes {row.retune_of!r}, which is not an earlier row")
+            if not has_train:
+                raise ConfigError(f"run_harness: row {row.label!r} retunes a fitted method: give labelled train features")
+            method = fitted[row.retune_of].retuned(train_features, train_labels, train_graph, **row.params)
             fit_seconds = time.perf_counter() - started
+        else:
+            method = _build(row.method, dict(row.params), k, test_labels)
+            if method.needs_training and has_train:
+                method.fit(train_features, train_labels, train_graph)
+                fit_seconds = time.perf_counter() - started
+        fitted[row.label] = method
         started = time.perf_counter()
         try:
             pred = np.asarray(method.fit_predict(test_features, test_graph), dtype=np.int64)
         except ConfigError as exc:
             hint = "" if has_train else " (no labelled train features were given to fit it on)"
-            raise ConfigError(f"{name}: {exc}{hint}") from exc
+            raise ConfigError(f"{row.label}: {exc}{hint}") from exc
         cluster_seconds = time.perf_counter() - started
         tau = getattr(method, "tau_", None)
-        rows.append({
-            "method": name, "oracle": method.is_oracle, **evaluate_partition(test_labels, pred),
+        out.append({
+            "method": row.label, "oracle": method.is_oracle, **evaluate_partition(test_labels, pred),
             "tau": None if tau is None else float(tau), "fit_seconds": fit_seconds, "cluster_seconds": cluster_seconds,
         })
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(out)
     frame.attrs.update({
         "knn_seconds": knn_seconds, "k": min(k, len(test_features)), "n_test": len(test_features),
         "n_train": len(train_features) if has_train else 0,

@@ -36,8 +36,8 @@ def directed_edges(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def undirected_links(
-    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float = 0.0,
-    within: np.ndarray | None = None,
+    n: int, ids: np.ndarray, probs: np.ndarray, rule: str = "average", floor: float | None = None,
+    within: np.ndarray | None = None, *, logits: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique undirected links ``src < dst`` (ids as ``id_dtype(n)``, sorted by pair) with their float32
     weight under ``rule``; links below ``floor`` dropped.
@@ -48,14 +48,22 @@ def undirected_links(
     ``average``: (a + b) / 2 >= floor needs max(a, b) >= floor). So the rows are read chunk by
     chunk, only those strong sides are kept, each looks its reverse score up in the other node's
     row, and the rule and the floor are applied exactly to the pair: memory holds the strong sides,
-    never every directed score (at paper scale 5.21M x 150). ``floor`` <= 0 keeps every pair.
+    never every directed score (at paper scale 5.21M x 150). ``floor`` None (or <= 0) keeps every pair.
+    ``within`` (labels, -1 = none): only pairs inside one labelled group.
+
+    ``logits``: ``probs`` and ``floor`` are log-odds (-inf = probability 0), and so are the weights;
+    ``average`` is then the log-odds of the mean probability, computed without leaving log space (the
+    strong-side argument holds unchanged: the log-odds are monotone in the probability).
     """
     if rule not in LINK_RULES:
         raise ConfigError(f"link_rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
     if ids.shape != probs.shape or ids.ndim != 2 or len(ids) != n:
         raise DataError("links", f"ids {ids.shape} and probs {probs.shape} must both be [{n}, L]")
     dtype = id_dtype(n)
-    strong = floor - _STRONG_SLACK if floor > 0 else -np.inf
+    empty = -np.inf if logits else 0.0  # the score of a side that did not score the pair
+    if floor is None:
+        floor = empty
+    strong = floor - max(_STRONG_SLACK, abs(floor) * _STRONG_SLACK) if floor > empty else -np.inf
     parts = []
     for start in range(0, n, ROW_CHUNK):
         centre, other, score = directed_edges(ids[start : start + ROW_CHUNK], probs[start : start + ROW_CHUNK])
@@ -63,10 +71,10 @@ def undirected_links(
         if within is not None:
             keep &= (within[centre] == within[other]) & (within[centre] >= 0)
         centre, other, score = centre[keep].astype(dtype), other[keep].astype(dtype), score[keep].astype(np.float32)
-        reverse, found = _reverse_scores(ids, probs, centre, other)
+        reverse, found = _reverse_scores(ids, probs, centre, other, empty)
         # a pair strong from both sides is taken from the row of its smaller node only
         twice = found & (reverse >= strong) & (other < centre)
-        weight = _combine(rule, score, reverse, found)
+        weight = _combine(rule, score, reverse, found, logits)
         keep = ~twice & (weight >= floor)
         if rule == "mutual":
             keep &= found
@@ -80,25 +88,39 @@ def undirected_links(
 
 
 def _reverse_scores(
-    ids: np.ndarray, probs: np.ndarray, centre: np.ndarray, other: np.ndarray
+    ids: np.ndarray, probs: np.ndarray, centre: np.ndarray, other: np.ndarray, empty: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """p(other -> centre) float32 and whether ``other``'s row lists ``centre`` at all (vectorised, in
-    blocks of ``LOOKUP_CHUNK`` sides: each gathers the other node's row)."""
-    reverse = np.zeros(len(centre), dtype=np.float32)
+    """p(other -> centre) float32 (``empty`` where ``other``'s row does not list ``centre``) and whether it
+    lists it (vectorised, in blocks of ``LOOKUP_CHUNK`` sides: each gathers the other node's row)."""
+    reverse = np.full(len(centre), empty, dtype=np.float32)
     found = np.zeros(len(centre), dtype=bool)
     for start in range(0, len(centre), LOOKUP_CHUNK):
         block = slice(start, start + LOOKUP_CHUNK)
         hit = ids[other[block], 1:] == centre[block, None]
         found[block] = hit.any(axis=1)
         column = hit.argmax(axis=1) + 1
-        reverse[block] = np.where(found[block], probs[other[block], column], 0.0)
+        reverse[block] = np.where(found[block], probs[other[block], column], empty)
     return reverse, found
 
 
-def _combine(rule: str, score: np.ndarray, reverse: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """The undirected weight of each pair from its side ``score`` and the ``reverse`` side (0 when not ``found``)."""
+def _combine(rule: str, score: np.ndarray, reverse: np.ndarray, found: np.ndarray, logits: bool) -> np.ndarray:
+    """The undirected weight of each pair from its side ``score`` and the ``reverse`` side (probability 0
+    when not ``found``), in probabilities or, with ``logits``, in log-odds."""
     if rule == "any":
         return np.where(found, np.maximum(score, reverse), score)
     if rule == "mutual":
         return np.minimum(score, reverse)
+    if logits:
+        return _mean_probability_log_odds(score, reverse).astype(np.float32)
     return (score + reverse) / np.float32(2.0)
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def _mean_probability_log_odds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log-odds of (sigmoid(a) + sigmoid(b)) / 2, stable for any log-odds (b = -inf: a side not scored)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.logaddexp(_log_sigmoid(a), _log_sigmoid(b)) - np.logaddexp(_log_sigmoid(-a), _log_sigmoid(-b))
+

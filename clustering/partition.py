@@ -34,9 +34,12 @@ DEFAULT_INFOMAP_BUDGET = 16 * 2**30
 # faces' dlib descriptors; their square root keeps most of the gain on generated features and loses
 # about 1 point on real ones.
 LINK_WEIGHTS = ("probability", "odds", "sqrt_odds")
-# Odds are capped at that of p = 0.9999: float32 probabilities reach 1 (infinite odds), and a few
-# links hundreds of times heavier than the rest would hold all of Infomap's flow.
+# Odds grow with the log-odds beyond that of p = 0.9999 instead of exponentially: a few links hundreds
+# of times heavier than the rest would hold all of Infomap's flow, yet a hard cap would give every
+# p >= 0.9999 (45 % of FaceT's links on generated features) one and the same weight.
 ODDS_CAP = 1e4
+# Log-odds of a float32 probability of 1.0: its gap below 1 is 2^-24 (the most a probability can say).
+_SATURATED_LOG_ODDS = float(np.log((1.0 - 2.0**-24) / 2.0**-24))
 
 
 def partition_links(
@@ -51,6 +54,7 @@ def partition_links(
     min_size: int = 1,
     seed: int = 0,
     link_weight: str = "probability",
+    logits: bool = False,
     **method_params: object,
 ) -> np.ndarray:
     """Cluster ids int64 [n] (-1 for clusters under ``min_size``) from links ``src``-``dst`` of ``weight``.
@@ -59,9 +63,10 @@ def partition_links(
     ``max_size`` links are added by decreasing weight and merges past the cap are refused.
     ``infomap``: see ``infomap_partition`` (``method_params``: ``num_trials``, ``weight_power``,
     ``markov_time``), fed the weights as they are or (``link_weight``, weights in [0, 1]) as their
-    odds (``link_odds``) or the odds' square root; modules over ``max_size`` are split by the capped
+    odds (``capped_odds``) or the odds' square root; modules over ``max_size`` are split by the capped
     union-find over their own links. Union-find reads only the order of the weights, which the
-    odds keep, so ``link_weight`` does not change it.
+    odds keep, so ``link_weight`` does not change it. ``logits``: ``weight`` and ``tau`` are the
+    log-odds of learned links (which do not saturate as float32 probabilities do near 1).
     """
     if link_weight not in LINK_WEIGHTS:
         raise ConfigError(f"partition_links: link_weight must be one of {', '.join(LINK_WEIGHTS)}, got {link_weight!r}")
@@ -75,7 +80,7 @@ def partition_links(
         return connected_components(n, src, dst, weight=weight, max_size=max_size, min_size=min_size)
     if method == "infomap":
         reject_unknown(method_params, INFOMAP_PARAMS, "partition_links(method='infomap')")
-        flow = link_flow(weight, link_weight)
+        flow = link_flow(weight, link_weight, logits=logits)
         labels = infomap_partition(n, src, dst, flow, seed=seed, **method_params)  # type: ignore[arg-type]
         if max_size is not None:
             labels = _split_oversized(labels, src, dst, weight, max_size)
@@ -83,22 +88,30 @@ def partition_links(
     raise ConfigError(f"partition_links: unknown method {method!r}; available: {', '.join(PARTITION_METHODS)}")
 
 
-def link_flow(probability: np.ndarray, link_weight: str) -> np.ndarray:
-    """What Infomap is given for links of ``probability``: see ``LINK_WEIGHTS``."""
-    if link_weight == "odds":
-        return link_odds(probability)
-    if link_weight == "sqrt_odds":
-        return np.sqrt(link_odds(probability))
-    return probability
+def link_flow(weight: np.ndarray, link_weight: str, *, logits: bool = False) -> np.ndarray:
+    """What Infomap is given for links of ``weight`` (probabilities, or log-odds with ``logits``): see ``LINK_WEIGHTS``."""
+    if link_weight == "probability":
+        return 1.0 / (1.0 + np.exp(-np.asarray(weight, dtype=np.float64))) if logits else weight
+    odds = capped_odds(np.asarray(weight, dtype=np.float64) if logits else _log_odds(weight))
+    return odds if link_weight == "odds" else np.sqrt(odds)
 
 
-def link_odds(probability: np.ndarray) -> np.ndarray:
-    """Odds p / (1 - p) of link probabilities in [0, 1], capped at ``ODDS_CAP``: float64."""
+def capped_odds(log_odds: np.ndarray) -> np.ndarray:
+    """exp(log_odds) up to ``ODDS_CAP``, then ODDS_CAP * (1 + log_odds - log ODDS_CAP): float64, strictly
+    increasing and continuous with its slope, so links past the cap keep their order but not a runaway weight."""
+    log_odds = np.asarray(log_odds, dtype=np.float64)
+    knee = np.log(ODDS_CAP)
+    return np.where(log_odds <= knee, np.exp(np.minimum(log_odds, knee)), ODDS_CAP * (1.0 + log_odds - knee))
+
+
+def _log_odds(probability: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities in [0, 1]; a probability of 1 counts as 1 - 2^-24 (float32's last step)."""
     probability = np.asarray(probability, dtype=np.float64)
     if len(probability) and (probability.min() < 0 or probability.max() > 1):
         raise DataError("links", f"odds need probabilities in [0, 1]; weights span "
                                  f"[{probability.min():.4g}, {probability.max():.4g}]")
-    return np.minimum(probability / np.maximum(1.0 - probability, 1.0 / ODDS_CAP), ODDS_CAP)
+    with np.errstate(divide="ignore"):
+        return np.minimum(np.log(probability) - np.log1p(-probability), _SATURATED_LOG_ODDS)
 
 
 def infomap_partition(

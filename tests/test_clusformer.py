@@ -304,7 +304,7 @@ def test_inference_is_batched_and_deterministic():
     ids_one, probs_one = predict_sequences(model, feats, graph, cfg.with_updates(infer_batch_size=1000), CPU)
     np.testing.assert_array_equal(ids, ids_one)
     np.testing.assert_allclose(probs, probs_one, atol=1e-6)
-    assert (ids[:, 0] == np.arange(len(feats))).all() and (probs[:, 0] == 1).all()
+    assert (ids[:, 0] == np.arange(len(feats))).all() and (probs[:, 0] == np.inf).all()  # log-odds: the centre is sure
 
 
 # ---------------------------------------------------------------- generated benchmark features
@@ -332,8 +332,8 @@ def test_tau_tuned_on_labelled_data_transfers_to_the_unlabelled_part(small_bench
     assert {"val_pairwise_f", "val_bcubed_f", "heldout_pairwise_f", "heldout_bcubed_f"} <= set(history[-1])
     scores = evaluate_partition(labels, method.fit_predict(features, graph))
     ids, probs = predict_sequences(method.model_, features, graph, method.config, CPU)
-    src, dst, weight = undirected_links(len(labels), ids, probs, method.config.link_rule)
-    table, _ = sweep_threshold(labels, len(labels), src, dst, weight, method.config.taus)
+    src, dst, weight = undirected_links(len(labels), ids, probs, method.config.link_rule, logits=True)
+    table, _ = sweep_threshold(labels, len(labels), src, dst, weight, logits=True)
     best = float(((table["pairwise_f"] + table["bcubed_f"]) / 2).max())
     # the tau chosen on labelled identities is within 4 points of the best tau for the unseen part
     # (an oracle searched with the same adaptive candidates, finer than the old fixed grid: 3.1 points seen)
@@ -388,12 +388,55 @@ def test_beats_knn_threshold_union_find_on_generated_benchmark_features():
     assert ours["noise_ratio"] < knn_uf["noise_ratio"], (ours, knn_uf)
 
 
-def test_pair_stats_can_be_switched_off_for_the_papers_model():
-    """pair_stats=False: the paper's per-position linear head over the transformer outputs, no statistics read."""
+def test_pair_stats_can_be_switched_off_and_the_product_head_stays() -> None:
+    """pair_stats=False drops the statistics but keeps the project's head (slot, encoder output and
+    its product with the centre's, one linear layer): not the paper's model (its preset is below)."""
     feats, labels = _blobs(6, 5)
     plain = make_method("clusformer", **{**_SMALL, "epochs": 1, "pair_stats": False}).fit(feats, labels)
     assert plain.config.pair_stats is False and plain.model_.pair_norm is None
-    assert isinstance(plain.model_.head, torch.nn.Linear)
+    assert isinstance(plain.model_.head, torch.nn.Linear) and plain.model_.head.in_features == 3 * _SMALL["d_model"]
     assert plain.fit_predict(feats, None).shape == (len(feats),)
     default = make_method("clusformer", **{**_SMALL, "epochs": 1})
-    assert default.config.pair_stats is True
+    assert default.config.pair_stats is True and default.config.head == "product"
+
+
+def test_paper_preset_is_the_papers_algorithm_and_learns() -> None:
+    """preset="paper": one linear layer per decoder slot (section 4.3.5), no pair statistics, a link
+    when either direction passes tau, union-find; at CPU sizes it trains and clusters well-separated
+    identities far better than chance."""
+    sizes = {k: v for k, v in _SMALL.items() if k != "max_train_centres"}
+    paper = make_method("clusformer", preset="paper", **{**sizes, "epochs": 6})
+    cfg = paper.config
+    assert (cfg.head, cfg.pair_stats, cfg.link_rule, cfg.partition) == ("paper", False, "any", "union_find")
+    feats, labels = _blobs(12, 6)
+    paper.fit(feats, labels)
+    head = paper.model_.head
+    assert isinstance(head, torch.nn.Linear) and head.in_features == _SMALL["d_model"] and paper.model_.pair_norm is None
+    test_feats, test_labels = _blobs(10, 6, seed=3)
+    assert evaluate_partition(test_labels, paper.fit_predict(test_feats, None))["bcubed_f"] > 0.6
+    full = make_method("clusformer", preset="paper")
+    assert (full.config.d_model, full.config.num_encoder_layers, full.config.nhead, full.config.epochs) == (256, 6, 8, 50)
+    with pytest.raises(ConfigError, match="head 'paper'"):
+        make_method("clusformer", preset="paper", pair_stats=True)
+
+
+def test_retuned_and_untuned_clusformer(caplog) -> None:
+    """retuned: same network, another partition / rule, tau tuned again (nothing changed: the fit's
+    tau); without a validation slice tau falls back to p = 0.5 with a warning, and a graph too shallow
+    for the sequences is rebuilt with a warning."""
+    import logging
+
+    feats, labels = _blobs(12, 6)
+    params = {**_SMALL, "epochs": 1, "k": 8}
+    method = make_method("clusformer", **params, link_rule="tuned").fit(feats, labels)
+    same = method.retuned(feats, labels)
+    assert same.model_ is method.model_ and (same.tau_, same.link_rule_) == (method.tau_, method.link_rule_)
+    infomap = method.retuned(feats, labels, partition="infomap", link_rule="any")
+    assert infomap.config.partition == "infomap" and infomap.link_rule == "any" and method.config.partition == "union_find"
+    with pytest.raises(ConfigError, match="k change what training computes"):
+        method.retuned(feats, labels, k=4)
+    with caplog.at_level(logging.WARNING, logger="clustering.clusformer.method"):
+        untuned = make_method("clusformer", **params, val_fraction=0.0).fit(feats, labels)
+        assert "no validation slice to tune tau on" in caplog.text and untuned.tau == 0.0
+        untuned.fit_predict(feats, build_knn(feats, 4))
+        assert "the kNN graph given has k=4" in caplog.text

@@ -98,3 +98,21 @@ def test_cli_reports_bad_input_files_by_name(tmp_path, splits, capsys):
     code = main(["--method", "knn_uf", "--features", str(tmp_path / "missing.npy"), "--labels", str(tmp_path / "short.npy")])
     assert code == 2 and "missing.npy" in capsys.readouterr().err
     assert main(["--method", "knn_uf", "--param", "hac.k=3", "--benchmark", "5", "5"]) == 2
+
+
+def test_rows_may_retune_an_earlier_rows_fitted_method(splits):
+    """run_rows: two rows of one method with other parameters, and a row that retunes a fitted one
+    (same trees, another partition) instead of fitting again."""
+    from clustering.evaluate import HarnessRow, run_rows
+
+    rows = [HarnessRow("gbdt", "pair_gbdt", {"max_iter": 30}), HarnessRow("gbdt small", "pair_gbdt", {"max_iter": 5}),
+            HarnessRow("gbdt+infomap", "pair_gbdt", {"partition": "infomap"}, retune_of="gbdt")]
+    frame = run_rows(rows, splits.train_features, splits.train_labels, splits.test_features[0], splits.test_labels[0], 10)
+    assert frame["method"].tolist() == ["gbdt", "gbdt small", "gbdt+infomap"]
+    assert (frame["pairwise_f"] > 0).all() and frame["pairwise_f"].nunique() == 3
+    with pytest.raises(ConfigError, match="not an earlier row"):
+        run_rows([HarnessRow("x", "pair_gbdt", {}, retune_of="y")], splits.train_features, splits.train_labels,
+                 splits.test_features[0], splits.test_labels[0], 10)
+    with pytest.raises(ConfigError, match="cannot be retuned"):
+        run_rows([HarnessRow("a", "knn_uf"), HarnessRow("b", "knn_uf", {}, retune_of="a")], splits.train_features,
+                 splits.train_labels, splits.test_features[0], splits.test_labels[0], 10)

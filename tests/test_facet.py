@@ -181,7 +181,9 @@ def test_saved_and_loaded_model_predicts_identically(tmp_path) -> None:
     loaded = FaceT.load(method.save(tmp_path / "facet.pt"))
     np.testing.assert_array_equal(loaded.fit_predict(test_features, knn), predicted)
     np.testing.assert_array_equal(loaded.confidence_, method.confidence_)
-    for a, b in zip(method.predict_links(test_features, knn, 0.0), loaded.predict_links(test_features, knn, 0.0), strict=True):
+    every = -np.inf  # keep every link (log-odds floor)
+    for a, b in zip(method.predict_links(test_features, knn, every), loaded.predict_links(test_features, knn, every),
+                    strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -189,17 +191,17 @@ def test_links_are_undirected_and_memory_mapped_inference_matches(tmp_path) -> N
     features, labels = blobs(20, 5)
     method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0).fit(features, labels)
     knn = build_knn(features, 9, device="cpu")
-    src, dst, weight = method.predict_links(features, knn, 0.0)
+    src, dst, weight = method.predict_links(features, knn, -np.inf)
     assert (src < dst).all() and len(np.unique(src * len(features) + dst)) == len(src)
-    assert ((weight >= 0) & (weight <= 1)).all()
+    assert np.isfinite(weight).all()  # log-odds
     method.config = method.config.replace(link_rule="any")
-    any_src, any_dst, any_weight = method.predict_links(features, knn, 0.0)
+    any_src, any_dst, any_weight = method.predict_links(features, knn, -np.inf)
     np.testing.assert_array_equal(any_src, src)  # same pairs, ordered by pair key
     np.testing.assert_array_equal(any_dst, dst)
     assert (any_weight >= weight - 1e-6).all() and (any_weight > weight + 1e-3).any()  # max >= mean
     method.config = method.config.replace(link_rule="average", memmap_bytes=0, work_dir=str(tmp_path), inference_batch=7)
-    for a, b in zip(method.predict_links(features, knn, 0.0), (src, dst, weight), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(method.predict_links(features, knn, -np.inf), (src, dst, weight), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert list(tmp_path.iterdir()) == []  # the temporary memory map is removed
 
 
@@ -242,8 +244,8 @@ def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tm
     tuned = {}
     for rule in ("any", "mutual", "average"):
         fixed.config = fixed.config.replace(link_rule=rule)
-        _, tau, scores = tune_link_threshold(labels, heldout, *fixed.predict_links(features, knn, 0.0),
-                                             partition="infomap", link_weight=method.config.infomap_weight)
+        _, tau, scores = tune_link_threshold(labels, heldout, *fixed.predict_links(features, knn, -np.inf),
+                                             partition="infomap", link_weight=method.config.infomap_weight, logits=True)
         tuned[rule] = (scores["all_pairwise_f"] + scores["all_bcubed_f"]) / 2, tau
     assert method.link_rule == method.link_rule_ == max(tuned, key=lambda r: tuned[r][0])
     assert method.tau_ == pytest.approx(tuned[method.link_rule][1])
@@ -265,6 +267,64 @@ def test_registry_parameters_and_presets() -> None:
         make_method("facet", variant="only_gcn")
     with pytest.raises(ConfigError, match="preset"):
         make_method("facet", preset="huge")
+
+
+def test_paper_preset_is_the_papers_algorithm() -> None:
+    """preset="paper": RE + LP on the embeddings, e_qk = cat(g_q, g_qk) (no product, no pair statistics),
+    plain cross-entropy, a link when either direction passes tau, union-find. At these tiny sizes it
+    memorises the training identities more than it learns a similarity (it needs the paper's scale),
+    but its links still rank unseen same-identity pairs above others (AUC 0.64 over seeds 0-2)."""
+    from sklearn.metrics import roc_auc_score
+
+    cfg = make_method("facet", preset="paper").config
+    assert (cfg.pair_stats, cfg.edge_embedding, cfg.loss_weighting, cfg.link_rule, cfg.partition) == (
+        False, "concat", "none", "any", "union_find")
+    assert make_method("facet", preset="paper", pair_stats=True).config.pair_stats  # overrides win
+    aucs = []
+    for seed in range(3):
+        method = make_method("facet", preset="paper", **{**TINY, "seed": seed}, epochs=8, val_fraction=0.25)
+        method.fit(*blobs(30, 6, noise=0.6, seed=seed))
+        assert method.model.pair_norm is None
+        assert method.model.predictor.classifier[0].in_features == 2 * method.config.model_dim
+        test_features, test_labels = blobs(15, 6, noise=0.6, seed=5 + seed)
+        src, dst, score = method.predict_links(test_features, build_knn(test_features, 9, device="cpu"), -np.inf)
+        aucs.append(roc_auc_score(test_labels[src] == test_labels[dst], score))
+    assert np.mean(aucs) > 0.55, aucs
+
+
+def test_retuned_shares_the_network_and_tunes_on_the_fit_slice(tmp_path) -> None:
+    """retuned: another partition / rule / weight on the same trained network, tau tuned again on the
+    slice fit used; retuning with nothing changed gives back the fit's tau and rule."""
+    features, labels = blobs(16, 6, noise=0.8)
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=2, val_fraction=0.25, link_rule="tuned")
+    method.fit(features, labels)
+    same = method.retuned(features, labels)
+    assert same.model is method.model and (same.tau_, same.link_rule_) == (method.tau_, method.link_rule_)
+    union_find = method.retuned(features, labels, partition="union_find", link_rule="any")
+    assert union_find.model is method.model and union_find.config.partition == "union_find"
+    assert method.config.partition == "infomap" and union_find.link_rule == "any"
+    assert union_find.tau_ in {row["tau"] for row in union_find.tau_table_}
+    with pytest.raises(ConfigError, match="hop1 change what training computes"):
+        method.retuned(features, labels, hop1=4)
+
+
+def test_untuned_threshold_and_rule_are_announced(caplog) -> None:
+    """Without a validation slice, tau falls back to p = 0.5 and a tuned rule to average, each with a
+    logged warning; a graph too shallow for FaceT is rebuilt with a warning."""
+    import logging
+
+    features, labels = blobs(6, 4)
+    with caplog.at_level(logging.WARNING, logger="clustering.facet.method"):
+        method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0, link_rule="tuned")
+        method.fit(features, labels)
+        assert "no validation slice to tune tau on" in caplog.text and "using 'average'" in caplog.text
+        assert (method.tau, method.link_rule) == (0.0, "average")
+        caplog.clear()
+        method.fit_predict(features, build_knn(features, 4, device="cpu"))
+        assert "the kNN graph given has k=4" in caplog.text
+    with pytest.raises(ConfigError, match="the name says partition='infomap'"):
+        make_method("facet+infomap", partition="union_find")
+    assert make_method("facet+infomap", partition="infomap").config.partition == "infomap"
 
 
 def test_bad_input_is_refused_with_clear_errors(tmp_path) -> None:

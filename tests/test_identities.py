@@ -92,5 +92,5 @@ def test_the_flow_sizes_every_tuning_slice_like_the_set_to_cluster() -> None:
     assert with_tune_samples("clusformer+infomap", {}, 5000) == {"tune_samples": 5000}
     assert with_tune_samples("infomap", {}, 5000) == {"tune_samples": 5000}
     assert with_tune_samples("knn_uf", {"tune_samples": 10}, 5000) == {"tune_samples": 10}  # the user's wins
-    assert with_tune_samples("pair_gbdt", {}, 5000) == {}  # tunes on its own held-out half
+    assert with_tune_samples("pair_gbdt", {}, 5000) == {"tune_samples": 5000}  # tunes as FaceT does
     assert with_tune_samples("facet", {}, None) == {}

@@ -13,10 +13,10 @@ from clustering.partition import (
     INFOMAP_BUDGET_ENV,
     ODDS_CAP,
     cap_links_per_node,
+    capped_odds,
     infomap_memory,
     infomap_partition,
     link_flow,
-    link_odds,
     partition_links,
 )
 from semiface.errors import ConfigError, DataError
@@ -101,14 +101,40 @@ def test_odds_weights_tell_sure_links_from_doubtful_ones():
                                   partition_links(20, src, dst, weight, tau=0.995))
 
 
-def test_odds_are_capped_and_need_probabilities():
-    np.testing.assert_allclose(link_odds(np.array([0.0, 0.5, 0.9, 1.0])), [0.0, 1.0, 9.0, ODDS_CAP])
-    np.testing.assert_allclose(link_flow(np.array([0.0, 0.5, 0.9, 1.0]), "sqrt_odds"), [0.0, 1.0, 3.0, ODDS_CAP ** 0.5])
+def test_odds_grow_with_the_log_odds_past_the_cap_and_need_probabilities():
+    """Up to ODDS_CAP the odds are p / (1 - p); past it they grow with the log-odds, so sure links keep
+    their order (the old hard cap gave every p >= 0.9999 one weight) without a runaway weight."""
+    np.testing.assert_allclose(link_flow(np.array([0.0, 0.5, 0.9]), "odds"), [0.0, 1.0, 9.0])
+    np.testing.assert_allclose(link_flow(np.array([0.0, 0.5, 0.9]), "sqrt_odds"), [0.0, 1.0, 3.0])
     np.testing.assert_array_equal(link_flow(np.array([0.2, 0.7]), "probability"), [0.2, 0.7])
+    sure = np.array([0.9999, 0.99995, 0.99999, 0.999999], dtype=np.float64)
+    assert np.all(np.diff(link_flow(sure, "odds")) > 0) and np.all(np.diff(link_flow(sure, "sqrt_odds")) > 0)
+    log_odds = np.array([-np.inf, 0.0, np.log(ODDS_CAP), 12.0, 20.0, 40.0])
+    odds = link_flow(log_odds, "odds", logits=True)
+    np.testing.assert_allclose(odds[:3], [0.0, 1.0, ODDS_CAP])
+    np.testing.assert_allclose(odds[3:], ODDS_CAP * (1 + log_odds[3:] - np.log(ODDS_CAP)))
+    assert np.all(np.diff(odds) > 0) and odds[-1] < 32 * ODDS_CAP  # p = 1 - 4e-18 is not e^30 times heavier
+    np.testing.assert_allclose(capped_odds(np.log([9.0, 99.0])), [9.0, 99.0])
+    np.testing.assert_allclose(link_flow(np.array([0.0, 2.0]), "probability", logits=True), [0.5, 1 / (1 + np.exp(-2))])
+    assert np.isfinite(link_flow(np.array([1.0], dtype=np.float32), "odds")).all()  # a saturated float32 p
     with pytest.raises(DataError, match="odds need probabilities"):
         partition_links(2, np.array([0]), np.array([1]), np.array([1.5]), method="infomap", tau=0.0, link_weight="odds")
     with pytest.raises(ConfigError, match="link_weight"):
         partition_links(2, np.array([0]), np.array([1]), np.ones(1), link_weight="logit")
+
+
+def test_log_odds_links_partition_as_their_probabilities() -> None:
+    """``logits=True``: links given as log-odds and a log-odds tau give the partition of the same links
+    as probabilities, for union-find and for Infomap under every link weight."""
+    truth, src, dst, prob = planted(groups=6, size=12, p_in=0.5, p_out=0.05, seed=2)
+    prob = np.clip(np.where(truth[src] == truth[dst], 0.9, 0.3) + 0.05 * np.sin(np.arange(len(src))), 0.01, 0.99)
+    logit = np.log(prob) - np.log1p(-prob)
+    for method, link_weight in (("union_find", "probability"), ("infomap", "probability"), ("infomap", "odds"),
+                                ("infomap", "sqrt_odds")):
+        as_prob = partition_links(len(truth), src, dst, prob, method=method, tau=0.5, link_weight=link_weight)
+        as_logit = partition_links(len(truth), src, dst, logit, method=method, tau=0.0, link_weight=link_weight,
+                                   logits=True)
+        assert same_partition(as_prob, as_logit), (method, link_weight)
 
 
 def test_bad_parameters_are_refused():

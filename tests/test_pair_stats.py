@@ -9,9 +9,10 @@ import torch
 from clustering.base import make_method
 from clustering.benchmark_features import BenchmarkConfig, benchmark_splits
 from clustering.knn import KnnGraph, build_knn
+from clustering.links import LINK_RULES
 from clustering.pair_classifier import edge_statistics
 from clustering.pair_stats import N_STATS, STAT_NAMES, NeighbourhoodIndex, PairStatNorm
-from semiface.errors import DataError
+from semiface.errors import ConfigError, DataError
 
 # 5 nodes; each row: self first, then neighbours by decreasing similarity (-1 = none)
 NBRS = np.array([[0, 1, 2, 3], [1, 0, 2, -1], [2, 1, 0, 4], [3, 0, 4, 2], [4, 3, 2, 1]])
@@ -71,7 +72,7 @@ def test_pair_gbdt_ranks_links_better_than_their_cosine(splits) -> None:
     learned = roc_auc_score(same, method.model_.predict_proba(flat)[:, 1])
     cosine = roc_auc_score(same, flat[:, STAT_NAMES.index("cosine")])
     assert learned > cosine + 0.01, (learned, cosine)
-    assert 0.0 < method.tau_ < 1.0
+    assert np.isfinite(method.tau_) and method.link_rule_ in LINK_RULES  # tau as log-odds, the rule tuned
 
 
 def test_pair_gbdt_saves_loads_and_refuses_bad_input(tmp_path, splits) -> None:
@@ -86,3 +87,21 @@ def test_pair_gbdt_saves_loads_and_refuses_bad_input(tmp_path, splits) -> None:
         type(method).load(tmp_path / "foreign.pkl")
     with pytest.raises(DataError, match="same-identity"):
         make_method("pair_gbdt", k=5, tau=0.5).fit(splits.train_features[:40], np.arange(40))
+
+
+def test_pair_gbdt_tunes_like_facet_and_retunes_without_refitting(splits, caplog) -> None:
+    """The trees learn from the identities left after holding out val_fraction; tau and the rule are
+    tuned on the slice FaceT tunes on; retuned keeps the trees and tunes again for another partition."""
+    import logging
+
+    method = make_method("pair_gbdt", k=20, max_iter=50, tune_samples=400).fit(splits.train_features, splits.train_labels)
+    infomap = method.retuned(splits.train_features, splits.train_labels, partition="infomap", infomap_weight="sqrt_odds")
+    assert infomap.model_ is method.model_ and infomap.partition == "infomap" and method.partition == "union_find"
+    again = method.retuned(splits.train_features, splits.train_labels)
+    assert (again.tau_, again.link_rule_) == (method.tau_, method.link_rule_)
+    with pytest.raises(ConfigError, match="max_iter change the trees"):
+        method.retuned(splits.train_features, splits.train_labels, max_iter=10)
+    with caplog.at_level(logging.WARNING, logger="clustering.pair_classifier"):
+        untuned = make_method("pair_gbdt", k=20, max_iter=20, val_fraction=0.0).fit(splits.train_features,
+                                                                                   splits.train_labels)
+    assert "no validation slice to tune tau on" in caplog.text and (untuned.threshold, untuned.rule) == (0.0, "average")

@@ -12,12 +12,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
-from bench.clustering_table import BASELINES, FACET, K, method_params, with_leads
+from bench.clustering_table import FACET
 from bench.real_face_features import RealFaceConfig, scan_folders, split_identities
 from clustering.base import make_method
-from clustering.evaluate import run_harness
 from clustering.metrics import evaluate_partition
 
 
@@ -54,59 +52,6 @@ def test_split_depends_on_the_seed_only_and_so_does_the_cache_key(files) -> None
     # how a run executes (threads, device, progress output) does not make a new cache entry
     assert base.key(files) == RealFaceConfig(backbone=replace(base.backbone, verbose=True, device="cpu")).key(files)
     assert base.key(files) != base.key(files.iloc[1:])
-
-
-LEARNED_WITH_INFOMAP = ("facet+infomap", "clusformer+infomap")
-
-
-@pytest.fixture(scope="module")
-def dlib_table(dlib_split):
-    """Every tuned baseline and the learned methods on the dlib descriptors (settings of
-    bench/clustering_table.py, fixed a priori), fitted on the labelled identity half only. One torch
-    thread, as the bench runs: another thread count sums in another order and trains another model."""
-    s = dlib_split
-    methods = (*BASELINES, *LEARNED_WITH_INFOMAP)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        frame = run_harness(methods, s.labelled_features, s.labelled_labels, s.unlabelled_features,
-                            s.unlabelled_labels, K, method_params=method_params(methods))
-    finally:
-        torch.set_num_threads(threads)
-    return with_leads(frame).set_index("method")
-
-
-@pytest.mark.slow
-def test_learned_methods_beat_every_tuned_baseline_on_real_faces(dlib_table) -> None:
-    """Issue 16 on real faces (seed 0, settings of bench/clustering_table.py): best tuned baselines FP 0.280
-    (infomap) / FB 0.774 (hac). Clusformer + Infomap 0.394 / 0.798 and FaceT + Infomap with its link rule
-    tuned on the labelled rows 0.400 / 0.812 lead both by >= 2 points."""
-    for method in ("clusformer+infomap", "facet+infomap"):
-        row = dlib_table.loc[method]
-        assert row["lead_fp"] >= 2.0 and row["lead_fb"] >= 2.0, (method, dlib_table[["pairwise_f", "bcubed_f"]])
-
-
-@pytest.mark.slow
-def test_learned_methods_keep_their_lead_over_infomap_on_generated_features() -> None:
-    """Issue 16 on generated features (600 labelled / 300 unseen identities, 64-d, seed 0): Clusformer +
-    Infomap and FaceT + Infomap (Infomap weighing its links by the square root of their odds) lead plain
-    Infomap by >= 2 points of FP and FB (measured +2.1 / +2.9 and +2.2 / +3.2; FaceT with probability
-    weights +1.8 / +2.3)."""
-    from clustering.benchmark_features import BenchmarkConfig, benchmark_splits
-
-    learned = ("facet+infomap", "clusformer+infomap")
-    splits = benchmark_splits(600, [300], config=BenchmarkConfig(dim=64, nuisance_dims=6), seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        frame = run_harness(("infomap", *learned), splits.train_features, splits.train_labels,
-                            splits.test_features[0], splits.test_labels[0], K, method_params=method_params(learned))
-    finally:
-        torch.set_num_threads(threads)
-    table = with_leads(frame).set_index("method")
-    for method in learned:
-        row = table.loc[method]
-        assert row["over_infomap_fp"] >= 2.0 and row["over_infomap_fb"] >= 2.0, (method, table[["pairwise_f", "bcubed_f"]])
 
 
 @pytest.mark.slow

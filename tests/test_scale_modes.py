@@ -111,10 +111,12 @@ def test_clusformer_pre_filter_changes_neither_clusters_nor_confidence(partition
     graph = build_knn(test_features, 31, device="cpu")  # deep enough for the pair statistics: used as given
     predicted = method.fit_predict(test_features, graph)
     cfg, n = method.config, len(test_features)
-    ids, probs = predict_sequences(method.model_, test_features, graph, cfg, torch.device("cpu"))
-    src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule)  # every link, floor 0
-    assert (weight <= method.tau_).any()
-    expected = partition_links(n, src, dst, weight, method=partition, tau=method.tau_, link_weight=cfg.infomap_weight,
-                               max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed)
+    ids, scores = predict_sequences(method.model_, test_features, graph, cfg, torch.device("cpu"))
+    src, dst, weight = undirected_links(n, ids, scores, method.link_rule, logits=True)  # every link (log-odds)
+    assert (weight <= method.tau).any()
+    expected = partition_links(n, src, dst, weight, method=partition, tau=method.tau, link_weight=cfg.infomap_weight,
+                               max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True)
     np.testing.assert_array_equal(predicted, expected)
-    np.testing.assert_array_equal(method.confidence_, link_confidence(expected, src, dst, weight))
+    over = weight >= method.tau
+    probability = 1.0 / (1.0 + np.exp(-weight[over].astype(np.float64)))
+    np.testing.assert_allclose(method.confidence_, link_confidence(expected, src[over], dst[over], probability), rtol=1e-6)

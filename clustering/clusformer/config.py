@@ -6,18 +6,28 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
-from clustering.links import LINK_RULES
+from clustering.link_tuning import RULE_CHOICES
 from clustering.partition import LINK_WEIGHTS
 from semiface.errors import ConfigError
 from semiface.training.settings import after_training
 
 ENCODINGS = ("cde", "none", "learnable", "sinusoidal")
 PARTITIONS = ("union_find", "infomap")
+# "paper": one linear layer on each decoder slot gives its logit (section 4.3.5). "product": the slot,
+# the encoder output at its position and that output times the centre's (+ the pair statistics, through
+# an MLP, with ``pair_stats``): see ``clustering.clusformer.model``.
+HEADS = ("paper", "product")
 
-# Architecture and schedule presets. "paper": section 5.3 of the paper (6 + 6 blocks, 8 heads, d = 256,
-# 50 epochs). "small": a CPU-sized model for the demo and the tests.
+# Presets. "paper": section 5.3 of the paper (6 + 6 blocks, 8 heads, d = 256, 50 epochs) and its
+# algorithm (the per-slot linear head, no pair statistics, a link when either direction passes tau,
+# union-find). "small": a CPU-sized model for the demo and the tests, with the project's head and
+# pair statistics.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
+        "head": "paper",
+        "pair_stats": False,
+        "link_rule": "any",
+        "partition": "union_find",
         "d_model": 256,
         "nhead": 8,
         "num_encoder_layers": 6,
@@ -48,6 +58,7 @@ class ClusformerConfig:
     k: int = 64
     radius_step: float | None = None
     encoding: str = "cde"
+    head: str = "product"
     # Neighbourhood statistics of (centre, element) pairs into the per-position head (not in the
     # paper; clustering.pair_stats): lets the head start from what a cosine threshold knows.
     pair_stats: bool = True
@@ -73,11 +84,15 @@ class ClusformerConfig:
     # inference and partition
     infer_batch_size: int = after_training(256)
     partition: str = after_training("union_find")
+    # any / mutual / average (clustering.links), or "tuned" on the labelled tune slice like tau
+    # (epochs scored with "average"; clustering.link_tuning)
     link_rule: str = after_training("average")
     # how Infomap weighs a link: its probability or its odds (clustering.partition.LINK_WEIGHTS)
     infomap_weight: str = after_training("probability")
+    # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``tau_``)
     tau: float | None = after_training(None)
-    taus: tuple[float, ...] | None = after_training(None)  # None: quantiles of the validation link scores, refined
+    # probabilities to tune tau over; None: quantiles of the validation link log-odds, refined
+    taus: tuple[float, ...] | None = after_training(None)
     # where tau is tuned: "heldout" (links between held-out identities) or "all" (see FaceTConfig)
     tune_on: str = after_training("all")
     max_size: int | None = after_training(None)
@@ -91,7 +106,11 @@ class ClusformerConfig:
         if self.radius_step is not None and not 0 < self.radius_step <= 2:
             raise ConfigError(f"clusformer: radius_step must be in (0, 2] (cosine distance), got {self.radius_step}")
         _check_choice("encoding", self.encoding, ENCODINGS)
-        _check_choice("link_rule", self.link_rule, LINK_RULES)
+        _check_choice("head", self.head, HEADS)
+        if self.head == "paper" and self.pair_stats:
+            raise ConfigError("clusformer: head 'paper' reads the decoder slots only; the pair statistics need "
+                              "head='product' (or pair_stats=False)")
+        _check_choice("link_rule", self.link_rule, RULE_CHOICES)
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("infomap_weight", self.infomap_weight, LINK_WEIGHTS)
         _check_choice("tune_on", self.tune_on, ("heldout", "all"))

@@ -10,13 +10,13 @@ sparse slice is far too low for a larger set (on generated benchmark features: 0
 0.95 best on a test part; the whole labelled set gave 0.97). The held-out identities are what the
 network has not seen: links from them into training identities are the false merges the sweep must
 price in. Their own scores are reported as ``heldout_pairwise_f`` / ``heldout_bcubed_f``.
-fit_predict: sequences for every centre in batches, link probabilities, undirected links under the
+fit_predict: sequences for every centre in batches, link log-odds, undirected links under the
 link rule, partition (union-find with optional size cap, or Infomap), per-sample confidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
 from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
+from clustering.link_tuning import EPOCH_RULE, TUNED_RULE, LinkTuning, log_odds, rules_to_try, tune_links
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
 from semiface.devices import resolve_device
@@ -37,9 +38,11 @@ from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
 from semiface.training.checkpoints import load_model_file, save_model_file
 from semiface.training.history import EpochCallback
+from semiface.training.settings import runtime_field_names
 
-_FORMAT = "semiface-clusformer/1"
-_DEFAULT_TAU = 0.5  # used only when there is no validation slice to tune on
+log = logging.getLogger(__name__)
+
+_FORMAT = "semiface-clusformer/2"  # 2: tau_ is log-odds
 
 
 @register("clusformer")
@@ -47,8 +50,10 @@ class Clusformer(Clusterer):
     """Transformer over visual-grammar sequences predicting "same identity as the centre" per neighbour.
 
     Every parameter is a keyword; None means the value of ``preset`` ("small" for the demo and CPU,
-    "paper" for section 5.3: 6 + 6 blocks, 8 heads, 50 epochs, lr 1e-4). ``tau`` None: tuned on the
-    validation slice. ``checkpoint``: a ``.pt`` path written after every epoch and resumed from.
+    "paper" for section 5.3 and the paper's algorithm: 6 + 6 blocks, 8 heads, 50 epochs, lr 1e-4, the
+    per-slot linear head, no pair statistics, rule "any", union-find). ``tau`` None: tuned on the
+    validation slice (``tau_``, log-odds; ``link_rule_`` with ``link_rule="tuned"``). ``checkpoint``:
+    a ``.pt`` path written after every epoch and resumed from.
     After ``fit_predict``: ``confidence_`` (float32 [N]) from the links that placed each sample;
     members the model predicted as not belonging get low confidence, and ``drop_below`` turns them
     into -1 directly.
@@ -64,6 +69,7 @@ class Clusformer(Clusterer):
         k: int | None = None,
         radius_step: float | None = None,
         encoding: str | None = None,
+        head: str | None = None,
         pair_stats: bool | None = None,
         d_model: int | None = None,
         nhead: int | None = None,
@@ -102,8 +108,27 @@ class Clusformer(Clusterer):
         self.progress = progress
         self.model_: ClusformerNet | None = None
         self.tau_: float | None = None
+        self.link_rule_: str | None = None
         self.history_: list[dict[str, float]] = []
         self.sweep_: pd.DataFrame | None = None
+
+    @property
+    def tau(self) -> float:
+        """The link threshold in use, as log-odds: the configured probability's, else the tuned one."""
+        if self.config.tau is not None:
+            return log_odds(self.config.tau)
+        if self.tau_ is None:
+            raise ConfigError("clusformer: no tau given and none tuned: call fit (or load a saved model) first")
+        return self.tau_
+
+    @property
+    def link_rule(self) -> str:
+        """The rule combining a pair's two directions: the configured one, or the tuned one."""
+        if self.config.link_rule != TUNED_RULE:
+            return self.config.link_rule
+        if self.link_rule_ is None:
+            raise ConfigError("clusformer: link_rule='tuned' but no rule tuned yet: call fit (or load a saved model) first")
+        return self.link_rule_
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -136,76 +161,93 @@ class Clusformer(Clusterer):
                 model, train_features, labels[train_rows], train_graph, cfg, device,
                 validate=validate, checkpoint=self.checkpoint, progress=self.progress, on_epoch=on_epoch,
             )
-            if tune is not None:
-                tune(model, quick=False)  # tau from the full search on the final weights
         self.model_ = model
-        if cfg.tau is not None or len(val_rows) == 0:
-            self.tau_ = cfg.tau if cfg.tau is not None else _DEFAULT_TAU
+        if tune is not None:
+            self._keep(tune.tune(model, final=True))  # tau (and rule) from the full search on the final weights
+        else:
+            self._untuned()
         return self
+
+    def retuned(
+        self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None, **changes: Any
+    ) -> Clusformer:
+        """A copy sharing the trained network, with settings that do not change training (``partition``,
+        ``infomap_weight``, ``link_rule``, ``tau``, ...) changed, and tau (and the rule) tuned again on
+        the slice of the labelled ``features`` / ``labels`` that ``fit`` tuned on (pass the same ones)."""
+        model = self._trained_model()
+        allowed = runtime_field_names(ClusformerConfig)
+        refused = sorted(set(changes) - allowed)
+        if refused:
+            raise ConfigError(f"clusformer: {', '.join(refused)} change what training computes: fit a new model "
+                              f"instead (retuned takes {', '.join(sorted(allowed))})")
+        clone = Clusformer.__new__(Clusformer)
+        clone.__dict__.update(self.__dict__)
+        clone.config = self.config.with_updates(**changes)
+        check_features(features, "labelled features")
+        labels = np.asarray(labels)
+        cfg = clone.config
+        _, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
+        if not len(val_rows):
+            clone._untuned()
+            return clone
+        heldout, tune_rows, _ = tuning_slices(labels, val_rows, cfg.tune_samples, cfg.epoch_val_samples, cfg.seed)
+        device = next(model.parameters()).device
+        clone._keep(clone._validator(features, labels, heldout, tune_rows, knn, device).tune(model, final=True))
+        return clone
+
+    def _keep(self, tuning: LinkTuning) -> None:
+        self.sweep_, self.tau_ = tuning.table, tuning.tau
+        self.link_rule_ = tuning.rule if self.config.link_rule == TUNED_RULE else None
+
+    def _untuned(self) -> None:
+        """No validation slice (``val_fraction=0``): say which threshold and rule are used instead."""
+        if self.config.tau is None:
+            log.warning("clusformer: no validation slice to tune tau on (val_fraction=0) and no tau given: links are "
+                        "cut at p = 0.5; pass tau= to choose")
+            self.tau_ = 0.0
+        if self.config.link_rule == TUNED_RULE:
+            log.warning("clusformer: link_rule='tuned' but no validation slice to tune it on (val_fraction=0): "
+                        "using %r", EPOCH_RULE)
+            self.link_rule_ = EPOCH_RULE
 
     def _validator(
         self, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, rows: np.ndarray,
         knn: KnnGraph | None, device: torch.device,
-    ) -> Callable[..., dict[str, float]]:
-        """Scores of a model on the labelled ``rows`` (their own graph unless they are all rows);
-        each call sets ``sweep_`` and ``tau_``."""
+    ) -> _Validator:
+        """Scores of a model on the labelled ``rows`` (their own graph unless they are all rows)."""
         if len(rows) < len(labels):
             features, labels, heldout, knn = features[rows], labels[rows], heldout[rows], None
-        graph = self._graph_for(features, knn)
-
-        def validate(model: ClusformerNet, quick: bool = True) -> dict[str, float]:
-            table, tau, scores = self._sweep(model, features, labels, heldout, graph, device, quick)
-            self.sweep_, self.tau_ = table, tau
-            return {
-                "val_tau": tau,
-                "val_pairwise_f": scores["all_pairwise_f"],
-                "val_bcubed_f": scores["all_bcubed_f"],
-                "heldout_pairwise_f": scores["heldout_pairwise_f"],
-                "heldout_bcubed_f": scores["heldout_bcubed_f"],
-            }
-
-        return validate
-
-    def _sweep(
-        self, model: ClusformerNet, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, knn: KnnGraph,
-        device: torch.device, quick: bool,
-    ) -> tuple[pd.DataFrame, float, dict[str, float]]:
-        """Tau tuned on the labelled links (``tune_on``; ``quick``: a coarser search, for epochs):
-        the sweep table, the tau and the F scores at it."""
-        from clustering.evaluate import tune_link_threshold
-
-        cfg = self.config
-        ids, probs = predict_sequences(model, features, knn, cfg, device)
-        src, dst, weight = undirected_links(len(features), ids, probs, cfg.link_rule)
-        return tune_link_threshold(labels, heldout, src, dst, weight, cfg.taus, tune_on=cfg.tune_on,
-                                   partition=cfg.partition, max_size=cfg.max_size, seed=cfg.seed,
-                                   link_weight=cfg.infomap_weight, quick=quick)
+        return _Validator(self, features, labels, heldout, self._graph_for(features, knn), device)
 
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
         from clustering.partition import link_confidence, partition_links
 
-        model = self._trained_model()
-        check_features(features, "features", dim=model.feature_dim)
-        if knn is not None:
-            _check_graph(knn, features.shape[0])
-        knn = self._graph_for(features, knn)
         cfg = self.config
         n = features.shape[0]
-        device = next(model.parameters()).device
-        ids, probs = predict_sequences(model, features, knn, cfg, device, progress=self.progress)
-        src, dst, weight = undirected_links(n, ids, probs, cfg.link_rule, floor=self.tau_)  # partition keeps > tau only
+        ids, scores = self.directed_links(features, knn)
+        src, dst, weight = undirected_links(n, ids, scores, self.link_rule, self.tau, logits=True)  # partition keeps > tau only
         labels = partition_links(
-            n, src, dst, weight, method=cfg.partition, tau=self.tau_, link_weight=cfg.infomap_weight,
-            max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed,
+            n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
+            max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True,
         )
-        # every link inside a cluster, under tau too (those were dropped before the partition)
-        confidence = link_confidence(labels, *undirected_links(n, ids, probs, cfg.link_rule, within=labels))
+        # from the links the partition saw (those over tau): a member held by weak links only scores 0
+        confidence = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))
         if cfg.drop_below is not None:
             labels = np.where(confidence < cfg.drop_below, -1, labels)
         self.confidence_ = confidence.astype(np.float32, copy=False)
         return labels.astype(np.int64, copy=False)
+
+    def directed_links(self, features: np.ndarray, knn: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, k]: each node then its sequence, log-odds [N, k] that the element is the node's identity;
+        -inf at padding)."""
+        model = self._trained_model()
+        check_features(features, "features", dim=model.feature_dim)
+        if knn is not None:
+            _check_graph(knn, features.shape[0])
+        return predict_sequences(model, features, self._graph_for(features, knn), self.config,
+                                 next(model.parameters()).device, progress=self.progress)
 
     def _graph_for(self, features: np.ndarray, knn: KnnGraph | None) -> KnnGraph:
         """``knn`` when it is as deep as the model reads (k, and the pair statistics' neighbours),
@@ -214,6 +256,10 @@ class Clusformer(Clusterer):
         depth = min(depth, features.shape[0])
         if knn is not None and knn.k >= depth:
             return knn
+        if knn is not None:
+            log.warning("clusformer: the kNN graph given has k=%d, fewer than the %d columns Clusformer reads (its "
+                        "sequence and the pair statistics, self included): building a graph of k=%d here",
+                        knn.k, depth, depth)
         return build_knn(features, depth, device=self.config.device)
 
     def _trained_model(self) -> ClusformerNet:
@@ -228,7 +274,8 @@ class Clusformer(Clusterer):
         return save_model_file(path, _FORMAT, {
             "config": self.config.to_dict(), "feature_dim": model.feature_dim,
             "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
-            "tau": self.tau_, "history": self.history_, "epochs_trained": len(self.history_),
+            "tau": self.tau_, "link_rule": self.link_rule_, "history": self.history_,
+            "epochs_trained": len(self.history_),
         })
 
     @classmethod
@@ -243,7 +290,7 @@ class Clusformer(Clusterer):
         model = ClusformerNet(int(state["feature_dim"]), config)
         model.load_state_dict(state["state_dict"])
         method.model_ = model.to(resolve_device(config.device))
-        method.tau_ = state["tau"]
+        method.tau_, method.link_rule_ = state["tau"], state["link_rule"]
         method.history_ = list(state["history"])
         method.sweep_ = None
         return method
@@ -251,6 +298,39 @@ class Clusformer(Clusterer):
     def params(self) -> dict[str, Any]:
         """The full configuration in effect."""
         return self.config.to_dict()
+
+
+class _Validator:
+    """Tunes a model's links on a labelled slice (``clustering.link_tuning``); called after an epoch
+    it returns that epoch's scores (quick search, the epoch rule) and sets the method's ``sweep_``."""
+
+    def __init__(self, method: Clusformer, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray,
+                 graph: KnnGraph, device: torch.device) -> None:
+        self.method, self.features, self.labels, self.heldout, self.graph, self.device = (
+            method, features, labels, heldout, graph, device)
+
+    def tune(self, model: ClusformerNet, final: bool) -> LinkTuning:
+        """The rule and tau of ``model``'s links: every rule to try with a full search (``final``), or
+        the epoch rule with a quick one."""
+        cfg = self.method.config
+        taus = [cfg.tau] if cfg.tau is not None else cfg.taus
+        ids, scores = predict_sequences(model, self.features, self.graph, cfg, self.device)
+        return tune_links(
+            self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
+            None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
+            max_size=cfg.max_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=not final, name="clusformer",
+        )
+
+    def __call__(self, model: ClusformerNet) -> dict[str, float]:
+        tuning = self.tune(model, final=False)
+        self.method.sweep_ = tuning.table
+        return {
+            "val_tau": tuning.tau,
+            "val_pairwise_f": tuning.scores["all_pairwise_f"],
+            "val_bcubed_f": tuning.scores["all_bcubed_f"],
+            "heldout_pairwise_f": tuning.scores["heldout_pairwise_f"],
+            "heldout_bcubed_f": tuning.scores["heldout_bcubed_f"],
+        }
 
 
 def _check_graph(knn: KnnGraph, n: int) -> None:

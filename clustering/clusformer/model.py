@@ -59,7 +59,10 @@ class ClusformerNet(nn.Module):
         )
         self.query = nn.Parameter(torch.randn(config.k, width) * 0.02)
         self.pair_norm = PairStatNorm() if config.pair_stats else None
-        if config.pair_stats:
+        self.paper_head = config.head == "paper"
+        if self.paper_head:
+            self.head = nn.Linear(width, 1)
+        elif config.pair_stats:
             # an MLP, as FaceT's LP classifier: the statistics matter through their interactions
             # (a cosine means more in a sparse neighbourhood), which one linear layer cannot weigh
             self.head = nn.Sequential(nn.Linear(3 * width + N_STATS, width), nn.PReLU(), nn.Linear(width, 1))
@@ -78,6 +81,8 @@ class ClusformerNet(nn.Module):
         memory = self.encoder(tokens, src_key_padding_mask=pad)
         query = self.query.expand(feats.shape[0], -1, -1)
         slots = self.decoder(query, memory, memory_key_padding_mask=pad)
+        if self.paper_head:
+            return self.head(slots).squeeze(-1)
         parts = [slots, memory, memory * memory[:, :1]]
         if self.pair_norm is not None:
             if stats is None:

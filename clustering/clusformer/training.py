@@ -158,15 +158,15 @@ def predict_sequences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run every centre through the model in batches.
 
-    Returns ``ids`` [N, k] (the sequences in the graph's id dtype, -1 = padding) and ``probs`` float32
-    [N, k], the probability that element t has centre i's identity (1 for the centre, 0 at padding).
+    Returns ``ids`` [N, k] (the sequences in the graph's id dtype, -1 = padding) and ``scores`` float32
+    [N, k], the log-odds that element t has centre i's identity (+inf for the centre, -inf at padding).
     The features go to a GPU when they fit (``device_features``).
     """
     model.eval()
     n = features.shape[0]
     amp = autocast_dtype(device)
     ids = np.empty((n, config.k), dtype=knn.nbrs.dtype)
-    probs = np.empty((n, config.k), dtype=np.float32)
+    scores = np.empty((n, config.k), dtype=np.float32)
     step = config.infer_batch_size
     index = pair_index(model, knn, device)
     features = device_features(features, device)
@@ -176,11 +176,11 @@ def predict_sequences(
         pad = batch.pad if bool(batch.pad.any()) else None  # no padding: no attention mask, the faster kernel
         with _autocast(device, amp):
             logits = model(batch.feats, batch.sims, pad, batch.stats)
-        p = torch.sigmoid(logits.float()).masked_fill(batch.pad, 0.0)
-        p[:, 0] = 1.0
+        score = logits.float().masked_fill(batch.pad, -torch.inf)
+        score[:, 0] = torch.inf
         ids[start : start + len(centres)] = batch.ids
-        probs[start : start + len(centres)] = p.cpu().numpy()
-    return ids, probs
+        scores[start : start + len(centres)] = score.cpu().numpy()
+    return ids, scores
 
 
 def pair_index(model: ClusformerNet, knn: KnnGraph, device: torch.device) -> NeighbourhoodIndex | None:

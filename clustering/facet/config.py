@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
-from clustering.links import LINK_RULES
+from clustering.link_tuning import RULE_CHOICES
 from clustering.partition import LINK_WEIGHTS
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.settings import after_training
@@ -16,8 +16,11 @@ EDGE_EMBEDDINGS = ("concat", "concat_product")
 LOSS_WEIGHTINGS = ("none", "weighted", "balanced")
 PARTITIONS = ("union_find", "infomap")
 PRESETS = ("paper", "demo")
-TUNED_RULE = "tuned"  # link_rule chosen on the labelled tune slice
-EPOCH_RULE = "average"  # the rule epochs are scored with when the rule is tuned
+# The paper's algorithm (section 3): RE + LP on the embeddings, e_qk = cat(g_q, g_qk), plain
+# cross-entropy, a link q -> k when p_qk > tau (either direction: rule "any"), union-find. The
+# ``paper`` preset sets these over the defaults, which add the project's pieces (see the fields).
+PAPER_ALGORITHM = {"pair_stats": False, "edge_embedding": "concat", "loss_weighting": "none", "link_rule": "any",
+                   "partition": "union_find"}
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,16 @@ class FaceTConfig:
     # "average" is the default (not the paper's "any"): on generated benchmark features it gave
     # +3 to +12 points of pairwise F over "any" at the best tau of each (see the README).
     # "tuned": each rule is tuned on the labelled tune slice like tau (epochs are scored with
-    # "average") and the one with the best tune score is kept (``FaceT.link_rule_``).
+    # "average") and the one with the best tune score is kept (``FaceT.link_rule_``;
+    # clustering.link_tuning).
     link_rule: str = after_training("average")
     # How Infomap weighs a link (clustering.partition.LINK_WEIGHTS). "sqrt_odds", not the probability:
     # FaceT's probabilities crowd near 1, and with the square root of their odds FaceT + Infomap led
     # plain Infomap on three draws of generated features by +2.2 / +1.6 / +1.4 FP instead of +1.8 / -0.0
     # / -0.6; on real faces it lost 0.5-1.8 FP and gained 0.3-0.9 BCubed F (README, "Clustering on real faces").
     infomap_weight: str = after_training("sqrt_odds")
-    tau: float | None = after_training(None)  # link threshold; None = the one tuned on the validation slice
+    # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``FaceT.tau_``)
+    tau: float | None = after_training(None)
     max_cluster_size: int | None = after_training(None)
     min_cluster_size: int = after_training(1)
     # execution
@@ -107,9 +112,10 @@ class FaceTConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> FaceTConfig:
-        """``paper`` (the defaults) or ``demo``, with overrides."""
+        """``paper`` (the paper's algorithm and sizes: ``PAPER_ALGORITHM`` over the defaults) or ``demo``
+        (CPU sizes, the project's algorithm), with overrides."""
         if name == "paper":
-            return cls.from_dict(overrides)
+            return cls.from_dict({**PAPER_ALGORITHM, **overrides})
         if name == "demo":
             return cls.demo(**overrides)
         raise ConfigError(f"facet: unknown preset {name!r}; known: {', '.join(PRESETS)}")
@@ -136,8 +142,7 @@ class FaceTConfig:
             (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
             (self.infomap_weight in LINK_WEIGHTS, f"infomap_weight must be one of {LINK_WEIGHTS}, got {self.infomap_weight!r}"),
             (self.tune_on in ("heldout", "all"), f"tune_on must be heldout or all, got {self.tune_on!r}"),
-            (self.link_rule in (*LINK_RULES, TUNED_RULE),
-             f"link_rule must be one of {(*LINK_RULES, TUNED_RULE)}, got {self.link_rule!r}"),
+            (self.link_rule in RULE_CHOICES, f"link_rule must be one of {RULE_CHOICES}, got {self.link_rule!r}"),
             (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
             (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),

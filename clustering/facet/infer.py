@@ -58,11 +58,12 @@ def enhance_all(
 @torch.inference_mode()
 def link_scores(
     model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int,
-    pair_stats: Callable[[Tensor, Tensor], Tensor] | None = None,
+    pair_stats: Callable[[Tensor, Tensor], Tensor] | None = None, logits: bool = False,
 ) -> np.ndarray:
     """P(same identity) float32 [N, hop1 + 1] of every pivot (row) to ``table[:, :hop1 + 1]``;
     0 at the pivot itself (column 0) and at padding. Fewer columns when the table is narrower.
-    ``pair_stats(pivots, ids)`` gives the pairs' statistics to a model that uses them."""
+    ``pair_stats(pivots, ids)`` gives the pairs' statistics to a model that uses them. ``logits``:
+    the log-odds instead (-inf where the probability is 0), which do not saturate near p = 1."""
     n = table.shape[0]
     out = np.zeros((n, min(hop1 + 1, table.shape[1])), dtype=np.float32)
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
@@ -72,9 +73,11 @@ def link_scores(
             stats = pair_stats(pivots, ids) if pair_stats is not None else None
             # no padding in the batch (a full kNN graph): no attention mask, the faster kernel, same math
             mask = pad if bool(pad.any()) else None
-            prob = model.link_log_probs(sequence[:, 0], sequence, mask, stats)[..., 1].exp()
-        prob = prob.float().masked_fill(pad, 0.0)
-        prob[:, 0] = 0.0
+            log_probs = model.link_log_probs(sequence[:, 0], sequence, mask, stats)
+        prob = log_probs[..., 1] - log_probs[..., 0] if logits else log_probs[..., 1].exp()
+        empty = -torch.inf if logits else 0.0
+        prob = prob.float().masked_fill(pad, empty)
+        prob[:, 0] = empty
         out[start : start + len(pivots)] = prob.cpu().numpy()
     return out
 
@@ -127,11 +130,11 @@ def placement(n: int, feature_dim: int, model_dim: int, table_width: int, device
 
 def link_probabilities(
     model: FaceTModel, features: np.ndarray, table: np.ndarray, cfg: FaceTConfig, device: torch.device,
-    index: NeighbourhoodIndex | None = None,
+    index: NeighbourhoodIndex | None = None, logits: bool = False,
 ) -> np.ndarray:
     """The full inference pass over ``features`` [N, D] with neighbour ``table`` [N, >= hop1 + 1]
     (and the neighbourhood ``index`` of the pair statistics, for a model that uses them):
-    ``link_scores`` of every node."""
+    ``link_scores`` of every node (log-odds with ``logits``)."""
     model.eval()
     if model.uses_pair_stats and index is None:
         raise ValueError("this FaceT model uses pair statistics: pass the neighbourhood index")
@@ -142,4 +145,4 @@ def link_probabilities(
     stats = None if index is None else (lambda pivots, ids: sequence_stats(index, store, pivots, ids, inverse_norms))
     with _enhanced_store(len(features), model.model_dim, device, cfg, on_enhanced) as (out, enhanced):
         enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
-        return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, stats)
+        return link_scores(model, enhanced, table_t, cfg.hop1, cfg.inference_batch, stats, logits=logits)

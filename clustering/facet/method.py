@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 from clustering.base import Clusterer, register
-from clustering.facet.config import EPOCH_RULE, TUNED_RULE, FaceTConfig
+from clustering.facet.config import FaceTConfig
 from clustering.facet.infer import link_probabilities
 from clustering.facet.model import FaceTModel
 from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
 from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
-from clustering.links import LINK_RULES, undirected_links
+from clustering.link_tuning import EPOCH_RULE, TUNED_RULE, LinkTuning, log_odds, rules_to_try, tune_links
+from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from clustering.partition import link_confidence, partition_links
 from semiface.devices import resolve_device
@@ -28,12 +29,12 @@ from semiface.features import check_features
 from semiface.seeding import seed_everything
 from semiface.training.checkpoints import data_fingerprint, load_model_file, save_model_file
 from semiface.training.history import EpochCallback
+from semiface.training.settings import runtime_field_names
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "facet-model-v1"
+MODEL_FORMAT = "facet-model-v2"  # v2: tau_ is log-odds
 CHECKPOINT_NAME = "facet_train.pt"
-DEFAULT_TAU = 0.5  # used only when no tau is set and none could be tuned (no validation slice)
 
 
 @register("facet")
@@ -42,8 +43,9 @@ class FaceT(Clusterer):
 
     Keyword parameters: ``preset`` (``paper`` | ``demo``) and any ``FaceTConfig`` field, which
     overrides the preset. After ``fit``: ``history_`` (one row per epoch: loss, validation
-    FP/FB at the best tau of the sweep), ``tau_`` (tuned on the validation slice), ``tau_table_``
-    (FP/FB per tau of the last sweep).
+    FP/FB at the best tau of the sweep), ``tau_`` (the link threshold tuned on the validation slice,
+    as log-odds), ``link_rule_`` (with ``link_rule="tuned"``), ``tau_table_`` (FP/FB per tau of the
+    last sweep).
     """
 
     name = "facet"
@@ -60,18 +62,21 @@ class FaceT(Clusterer):
 
     @property
     def tau(self) -> float:
-        """The link threshold in use: the configured one, else the tuned one, else 0.5."""
+        """The link threshold in use, as log-odds: the configured probability's, else the tuned one."""
         if self.config.tau is not None:
-            return self.config.tau
-        return self.tau_ if self.tau_ is not None else DEFAULT_TAU
+            return log_odds(self.config.tau)
+        if self.tau_ is None:
+            raise ConfigError("facet: no tau given and none tuned: call fit() or FaceT.load() first")
+        return self.tau_
 
     @property
     def link_rule(self) -> str:
-        """The rule combining a pair's two directions: the configured one, or the tuned one
-        (``link_rule="tuned"``; before tuning, the rule epochs are scored with)."""
+        """The rule combining a pair's two directions: the configured one, or the tuned one."""
         if self.config.link_rule != TUNED_RULE:
             return self.config.link_rule
-        return self.link_rule_ or EPOCH_RULE
+        if self.link_rule_ is None:
+            raise ConfigError("facet: link_rule='tuned' but no rule tuned yet: call fit() or FaceT.load() first")
+        return self.link_rule_
 
     # ---- training -------------------------------------------------------------------------
     def fit(
@@ -82,11 +87,13 @@ class FaceT(Clusterer):
         Identities held out by ``val_fraction`` are not trained on. After every epoch a slice of
         whole labelled identities (``epoch_val_samples`` rows, held-out identities among trained
         ones) is clustered at the candidate taus and the epoch with the best held-out FP/FB is
-        kept; tau is then tuned on the ``tune_samples`` slice (the baselines' slice; the flow
-        sizes it like the set to cluster). Why a slice of trained and held-out identities and not
-        the held-out ones alone: union-find chains more as a set grows denser, so tau must be
-        tuned on a set as dense as the one it will cluster. ``knn`` (of all N rows) is reused
-        where a slice is the whole set and the graph is deep enough.
+        kept (held-out rows scored within the partition of the whole slice, so merging an unseen
+        person into a trained one counts); tau (and the rule, with ``link_rule="tuned"``) is then
+        tuned on the ``tune_samples`` slice (the baselines' slice; the flow sizes it like the set
+        to cluster). Why a slice of trained and held-out identities and not the held-out ones
+        alone: union-find chains more as a set grows denser, so tau must be tuned on a set as dense
+        as the one it will cluster. ``knn`` (of all N rows) is reused where a slice is the whole set
+        and the graph is deep enough.
         """
         cfg = self.config
         features, labels = _checked_labelled(features, labels)
@@ -117,21 +124,49 @@ class FaceT(Clusterer):
         )
         if tune is not None:
             self._tune_after_training(tune)
+        else:
+            self._untuned()
         return self
 
+    def retuned(self, features: np.ndarray, labels: np.ndarray, knn: KnnGraph | None = None, **changes: object) -> FaceT:
+        """A copy sharing the trained network, with settings that do not change training (``partition``,
+        ``infomap_weight``, ``link_rule``, ``tau``, ...) changed, and tau (and the rule) tuned again on
+        the slice of the labelled ``features`` / ``labels`` that ``fit`` tuned on (pass the same ones)."""
+        model = self._trained_model()
+        allowed = runtime_field_names(FaceTConfig)
+        refused = sorted(set(changes) - allowed)
+        if refused:
+            raise ConfigError(f"facet: {', '.join(refused)} change what training computes: fit a new model instead "
+                              f"(retuned takes {', '.join(sorted(allowed))})")
+        clone = FaceT.__new__(FaceT)
+        clone.__dict__.update(self.__dict__)
+        clone.config = self.config.replace(**changes)
+        features, labels = _checked_labelled(features, labels)
+        cfg = clone.config
+        _, val_rows = split_by_identity(labels, cfg.val_fraction, cfg.seed)
+        if not len(val_rows):
+            clone._untuned()
+            return clone
+        heldout, tune_rows, _ = tuning_slices(labels, val_rows, cfg.tune_samples, cfg.epoch_val_samples, cfg.seed)
+        clone._tune_after_training(clone._validator(features, labels, heldout, tune_rows, knn, model_device(model)))
+        return clone
+
     def _tune_after_training(self, tune: _Validator) -> None:
-        """Tau on the kept (best-epoch) weights, with the full search; with ``link_rule="tuned"`` for
-        each rule, keeping the rule whose tuned partition scores best on the tune slice."""
-        rules = LINK_RULES if self.config.link_rule == TUNED_RULE else (self.config.link_rule,)
-        best = None
-        for rule in rules:
-            self.link_rule_ = rule if self.config.link_rule == TUNED_RULE else None
-            score = tune(self.model, quick=False)["tune_score"]
-            log.info("facet: link rule %s, tau %.4f, tune score %.4f", rule, tune.best_tau, score)
-            if best is None or score > best[0]:
-                best = (score, rule, tune.best_tau, tune.table)
-        _, rule, self.tau_, self.tau_table_ = best
-        self.link_rule_ = rule if self.config.link_rule == TUNED_RULE else None
+        """Tau (and with ``link_rule="tuned"`` the rule) on the kept (best-epoch) weights, full search."""
+        tuning = tune.tune(self._trained_model(), final=True)
+        self.tau_, self.tau_table_ = tuning.tau, tuning.table.to_dict("records")
+        self.link_rule_ = tuning.rule if self.config.link_rule == TUNED_RULE else None
+
+    def _untuned(self) -> None:
+        """No validation slice (``val_fraction=0``): say which threshold and rule are used instead."""
+        if self.config.tau is None:
+            log.warning("facet: no validation slice to tune tau on (val_fraction=0) and no tau given: links are cut "
+                        "at p = 0.5; pass tau= to choose")
+            self.tau_ = 0.0
+        if self.config.link_rule == TUNED_RULE:
+            log.warning("facet: link_rule='tuned' but no validation slice to tune it on (val_fraction=0): using %r",
+                        EPOCH_RULE)
+            self.link_rule_ = EPOCH_RULE
 
     def _validator(
         self, features: np.ndarray, labels: np.ndarray, heldout: np.ndarray, rows: np.ndarray,
@@ -145,32 +180,39 @@ class FaceT(Clusterer):
 
     # ---- inference ------------------------------------------------------------------------
     def predict_links(
-        self, features: np.ndarray, knn: KnnGraph | None = None, min_prob: float | None = None
+        self, features: np.ndarray, knn: KnnGraph | None = None, min_score: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Undirected links (src < dst, weight) between each node and its hop1 neighbours, the two
-        directions combined by ``link_rule``; weights under ``min_prob`` (default: the threshold
-        in use) dropped."""
+        """Undirected links (src < dst, log-odds) between each node and its hop1 neighbours, the two
+        directions combined by ``link_rule``; links under ``min_score`` (log-odds; default: the
+        threshold in use) dropped."""
+        ids, scores = self.directed_links(features, knn)
+        return undirected_links(len(features), ids, scores, self.link_rule, self.tau if min_score is None else min_score,
+                                logits=True)
+
+    def directed_links(self, features: np.ndarray, knn: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, L]: each node then its hop1 neighbours, log-odds [N, L] that the neighbour is the node's
+        identity; -inf at padding)."""
         model = self._trained_model()
         check_features(features, "features", dim=model.feature_dim)
-        neighbourhood = self._neighbourhood(features, knn, model_device(model))
-        return self._links(model, features, neighbourhood, self.tau if min_prob is None else min_prob)
+        return self._directed(model, features, self._neighbourhood(features, knn, model_device(model)))
 
-    def _links(self, model: FaceTModel, features: np.ndarray, neighbourhood: Neighbourhood, floor: float) -> tuple[np.ndarray, ...]:
+    def _directed(self, model: FaceTModel, features: np.ndarray, neighbourhood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N, L]: each node then its hop1 neighbours, log-odds [N, L] of node -> neighbour)."""
         table = neighbourhood.table
-        probs = link_probabilities(model, features, table, self.config, model_device(model), neighbourhood.index)
-        ids = table[:, : probs.shape[1]]
-        return undirected_links(len(features), ids, probs, self.link_rule, floor=floor)
+        scores = link_probabilities(model, features, table, self.config, model_device(model), neighbourhood.index,
+                                    logits=True)
+        return table[:, : scores.shape[1]], scores
 
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ids int64 [N] of unlabelled ``features``; sets ``confidence_`` (mean link
         probability inside the sample's cluster)."""
         cfg = self.config
-        src, dst, prob = self.predict_links(features, knn)
+        src, dst, score = self.predict_links(features, knn)
         labels = partition_links(
-            len(features), src, dst, prob, method=cfg.partition, tau=self.tau,
-            max_size=cfg.max_cluster_size, min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
+            len(features), src, dst, score, method=cfg.partition, tau=self.tau, max_size=cfg.max_cluster_size,
+            min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, logits=True,
         )
-        self.confidence_ = link_confidence(labels, src, dst, prob)
+        self.confidence_ = link_confidence(labels, src, dst, _probability(score))
         return labels
 
     def _neighbourhood(self, features: np.ndarray, knn: KnnGraph | None, device: torch.device) -> Neighbourhood:
@@ -184,7 +226,8 @@ class FaceT(Clusterer):
             raise DataError("knn", f"graph has {knn.n} rows but there are {len(features)} feature rows")
         if knn is None or knn.k < wanted:
             if knn is not None:
-                log.info("facet: kNN graph has k=%d < hop1 + 1 = %d; building a deeper one", knn.k, wanted)
+                log.warning("facet: the kNN graph given has k=%d, fewer than the %d columns FaceT reads (hop1, hop2 "
+                            "and the pair statistics, self included): building a graph of k=%d here", knn.k, wanted, wanted)
             knn = build_knn(features, wanted, device=cfg.device)
         index = NeighbourhoodIndex.from_graph(knn, device) if cfg.pair_stats else None
         return Neighbourhood(neighbour_table(knn.nbrs, count), index)
@@ -215,7 +258,7 @@ class FaceT(Clusterer):
         method.model.load_state_dict(payload["state_dict"])
         method.model.to(resolve_device(method.config.device)).eval()
         method.tau_, method.tau_table_, method.history_ = payload["tau"], payload["tau_table"], payload["history"]
-        method.link_rule_ = payload.get("link_rule")  # absent from files saved before the rule could be tuned
+        method.link_rule_ = payload["link_rule"]
         return method
 
 
@@ -235,35 +278,41 @@ class Neighbourhood:
 
 
 class _Validator:
-    """Scores the links of the whole labelled set and tunes tau on them (``tune_on``: the held-out
-    identities alone, or the whole set); the epoch score is the held-out identities' FP/FB at that
-    tau (``pairwise_f``/``bcubed_f``: rows training never saw)."""
+    """Tunes the links of a labelled slice (``clustering.link_tuning``): tau (log-odds) on the rows
+    ``tune_on`` names (the held-out identities, or the whole slice); the epoch score is the held-out
+    identities' FP/FB at that tau (``pairwise_f``/``bcubed_f``: rows training never saw, scored within
+    the partition of the whole slice)."""
 
     def __init__(
         self, method: FaceT, features: np.ndarray, labels: np.ndarray, neighbourhood: Neighbourhood, heldout: np.ndarray
     ) -> None:
         self.method, self.features, self.labels, self.neighbours, self.heldout = method, features, labels, neighbourhood, heldout
-        self.best_tau: float = DEFAULT_TAU
-        self.table: list[dict] = []
 
-    def __call__(self, model: FaceTModel, quick: bool = True) -> dict:
-        """Scores of an epoch (``quick``: a coarser tau search) or of the kept weights."""
-        from clustering.evaluate import tune_link_threshold
-
+    def tune(self, model: FaceTModel, final: bool) -> LinkTuning:
+        """The rule and tau of ``model``'s links: every rule to try with a full search (``final``), or
+        the epoch rule with a quick one."""
         cfg = self.method.config
         taus = [cfg.tau] if cfg.tau is not None else cfg.tau_grid
-        src, dst, prob = self.method._links(model, self.features, self.neighbours, min(taus) if taus else 0.0)
-        frame, best_tau, scores = tune_link_threshold(
-            self.labels, self.heldout, src, dst, prob, taus, tune_on=cfg.tune_on, partition=cfg.partition,
-            max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=quick,
+        ids, scores = self.method._directed(model, self.features, self.neighbours)
+        return tune_links(
+            self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
+            None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
+            max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=not final, name="facet",
         )
-        self.table, self.best_tau = frame.to_dict("records"), float(best_tau)
-        tuned_on = "all" if cfg.tune_on == "all" else "heldout"
+
+    def __call__(self, model: FaceTModel) -> dict:
+        """Scores of an epoch (quick search, the epoch rule)."""
+        tuning = self.tune(model, final=False)
         return {
-            "val_tau": self.best_tau, "tune_score": (scores[f"{tuned_on}_pairwise_f"] + scores[f"{tuned_on}_bcubed_f"]) / 2,
-            "all_pairwise_f": scores["all_pairwise_f"], "all_bcubed_f": scores["all_bcubed_f"],
-            "pairwise_f": scores["heldout_pairwise_f"], "bcubed_f": scores["heldout_bcubed_f"],
+            "val_tau": tuning.tau, "tune_score": tuning.tune_score,
+            "all_pairwise_f": tuning.scores["all_pairwise_f"], "all_bcubed_f": tuning.scores["all_bcubed_f"],
+            "pairwise_f": tuning.scores["heldout_pairwise_f"], "bcubed_f": tuning.scores["heldout_bcubed_f"],
         }
+
+
+def _probability(log_odds_: np.ndarray) -> np.ndarray:
+    """The probabilities of link log-odds (float64)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds_, dtype=np.float64)))
 
 
 def _checked_labelled(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
