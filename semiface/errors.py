@@ -21,6 +21,11 @@ class DataError(SemifaceError, ValueError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickled with its two arguments, so it crosses process boundaries (DataLoader workers, process
+        pools) as itself instead of breaking the pool on unpickling."""
+        return type(self), (self.source, self.problem)
+
 
 class ConfigError(SemifaceError, ValueError):
     """A bad parameter: unknown name, out-of-range value, incompatible combination."""
