@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
@@ -153,21 +152,19 @@ def dlib_split():
     return real_feature_split(DEFAULT_FEATURES, seed=0)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test (tiny models run faster so on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def prefect_server() -> Iterator[None]:
     """A temporary Prefect server for one test module."""
     with prefect_test_harness(server_startup_timeout=180):
         yield
-
-
-# A Prefect client that has not yet reached its server does not retry a refused connection; under a loaded
-# 2-core CI run the temporary server once refused the first call of a task's tag-concurrency client
-# ("Unable to acquire concurrency slots on ['tag:data', 'tag:stage']" from httpx.ConnectError). Tests on the
-# temporary server are rerun once when a refused connection is in the failure's chain: any other failure
-# fails at once.
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "prefect_server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=[httpx.ConnectError]))

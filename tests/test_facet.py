@@ -19,13 +19,7 @@ from semiface.errors import ConfigError, DataError
 TINY = dict(hop1=8, hop2=3, heads=2, head_dim=8, ff_dim=32, dropout=0.1, batch_size=16, warmup_steps=5, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: one intra-op thread is faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster on a busy machine
 
 
 def blobs(identities: int, per: int, dim: int = 32, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prefect_clients import on_server
 
 from tests.test_deployment import free_port, prefect, stop, wait_healthy
 
@@ -152,13 +153,11 @@ TINY_FOLDER_RUN = {
 
 def test_distractor_sizes_beyond_the_set_fail_the_run_before_training(gpu_pool, tmp_path, face_folders):
     """Counted up front (the demo's settings) or right after the data stages (a folder): never silently capped."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows.semi_supervised import semi_supervised
     from semiface.errors import ConfigError
 
     faces, probes, distractors = face_folders
-    with temporary_settings({PREFECT_API_URL: gpu_pool["env"]["PREFECT_API_URL"]}):
+    with on_server(gpu_pool["env"]["PREFECT_API_URL"]):
         with pytest.raises(ConfigError, match=r"\[1000\] larger than the 30 distractor images of the demo"):
             semi_supervised(run_dir=str(tmp_path / "demo"), data_source="demo", device="cpu",
                             data_options={"n_distractor_ids": 30}, distractor_sizes=[10, 1000])
@@ -177,15 +176,13 @@ def test_an_unaligned_eval_set_is_aligned_once_in_its_own_stage_and_evaluated_al
     reads the aligned images, and a rerun reuses the stage."""
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows.semi_supervised import semi_supervised
 
     faces, probes, distractors = face_folders
     run_dir = tmp_path / "run"
     params = {**TINY_FOLDER_RUN, "image_size": 48, "distractor_sizes": [5, 20], "run_dir": str(run_dir),
               "data_path": str(faces), "eval_set": {"probes": str(probes), "distractors": str(distractors)}}
-    with temporary_settings({PREFECT_API_URL: gpu_pool["env"]["PREFECT_API_URL"]}):
+    with on_server(gpu_pool["env"]["PREFECT_API_URL"]):
         summary = semi_supervised(**params)
         (done,) = (run_dir / "stages").glob("align_eval-*/done.json")
         record = json.loads(done.read_text())

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from feature_blobs import blobs
 
 from clustering.base import make_method
 from clustering.clusformer.sequences import build_sequences
@@ -27,20 +28,7 @@ METHODS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def blobs(identities: int, per: int, seed: int, dim: int = 16, noise: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(identities, dim))
-    labels = np.repeat(np.arange(identities), per)
-    features = centres[labels] + noise * rng.normal(size=(len(labels), dim))
-    return (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32), labels
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

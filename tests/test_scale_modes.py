@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from feature_blobs import blobs
 
 from clustering import placement
 from clustering.base import make_method
@@ -23,20 +24,7 @@ CLUSFORMER = dict(k=10, d_model=16, nhead=2, dim_feedforward=32, num_encoder_lay
 GIB = 2**30
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def blobs(identities: int, per: int, seed: int, dim: int = 16, noise: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(identities, dim))
-    labels = np.repeat(np.arange(identities), per)
-    features = centres[labels] + noise * rng.normal(size=(len(labels), dim))
-    return (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32), labels
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def free_memory(monkeypatch, free: int, total: int = 80 * GIB) -> None:
