@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -96,3 +97,32 @@ def tune_links(
             best = LinkTuning(rule, float(tau), table, tuned, score)
     assert best is not None
     return best
+
+
+class TunedLinks:
+    """The link threshold and rule in use by a learned-link method whose ``config`` has ``tau`` (a probability,
+    or None = tuned) and ``link_rule`` (or ``TUNED_RULE``): the configured ones, else those ``fit`` tuned
+    (``tau_``, log-odds; ``link_rule_``)."""
+
+    name: ClassVar[str]
+    config: Any
+    tau_: float | None
+    link_rule_: str | None
+
+    @property
+    def tau(self) -> float:
+        """The link threshold in use, as log-odds: the configured probability's, else the tuned one."""
+        if self.config.tau is not None:
+            return log_odds(self.config.tau)
+        if self.tau_ is None:
+            raise ConfigError(f"{self.name}: no tau given and none tuned: call fit() (or load a saved model) first")
+        return self.tau_
+
+    @property
+    def link_rule(self) -> str:
+        """The rule combining a pair's two directions: the configured one, or the tuned one."""
+        if self.config.link_rule != TUNED_RULE:
+            return self.config.link_rule
+        if self.link_rule_ is None:
+            raise ConfigError(f"{self.name}: link_rule='tuned' but no rule tuned yet: call fit() (or load a saved model) first")
+        return self.link_rule_

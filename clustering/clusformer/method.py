@@ -30,7 +30,15 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.training import predict_sequences, train_clusformer
 from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
-from clustering.link_tuning import EPOCH_RULE, TUNED_RULE, LinkTuning, log_odds, rules_to_try, tune_links
+from clustering.link_tuning import (
+    EPOCH_RULE,
+    TUNED_RULE,
+    LinkTuning,
+    TunedLinks,
+    log_odds,
+    rules_to_try,
+    tune_links,
+)
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
 from semiface.devices import resolve_device
@@ -46,7 +54,7 @@ _FORMAT = "semiface-clusformer/2"  # 2: tau_ is log-odds
 
 
 @register("clusformer")
-class Clusformer(Clusterer):
+class Clusformer(TunedLinks, Clusterer):
     """Transformer over visual-grammar sequences predicting "same identity as the centre" per neighbour.
 
     Every parameter is a keyword; None means the value of ``preset`` ("small" for the demo and CPU,
@@ -111,24 +119,6 @@ class Clusformer(Clusterer):
         self.link_rule_: str | None = None
         self.history_: list[dict[str, float]] = []
         self.sweep_: pd.DataFrame | None = None
-
-    @property
-    def tau(self) -> float:
-        """The link threshold in use, as log-odds: the configured probability's, else the tuned one."""
-        if self.config.tau is not None:
-            return log_odds(self.config.tau)
-        if self.tau_ is None:
-            raise ConfigError("clusformer: no tau given and none tuned: call fit (or load a saved model) first")
-        return self.tau_
-
-    @property
-    def link_rule(self) -> str:
-        """The rule combining a pair's two directions: the configured one, or the tuned one."""
-        if self.config.link_rule != TUNED_RULE:
-            return self.config.link_rule
-        if self.link_rule_ is None:
-            raise ConfigError("clusformer: link_rule='tuned' but no rule tuned yet: call fit (or load a saved model) first")
-        return self.link_rule_
 
     # ------------------------------------------------------------------ training
     def fit(

@@ -19,7 +19,15 @@ from clustering.facet.neighbours import neighbour_table
 from clustering.facet.train import TrainData, model_device, train_model
 from clustering.identities import split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
-from clustering.link_tuning import EPOCH_RULE, TUNED_RULE, LinkTuning, log_odds, rules_to_try, tune_links
+from clustering.link_tuning import (
+    EPOCH_RULE,
+    TUNED_RULE,
+    LinkTuning,
+    TunedLinks,
+    log_odds,
+    rules_to_try,
+    tune_links,
+)
 from clustering.links import undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
 from clustering.partition import link_confidence, partition_links
@@ -38,7 +46,7 @@ CHECKPOINT_NAME = "facet_train.pt"
 
 
 @register("facet")
-class FaceT(Clusterer):
+class FaceT(TunedLinks, Clusterer):
     """Face Transformer (RE + LP) trained on labelled features; links over tau are partitioned.
 
     Keyword parameters: ``preset`` (``paper`` | ``demo``) and any ``FaceTConfig`` field, which
@@ -59,24 +67,6 @@ class FaceT(Clusterer):
         self.tau_table_: list[dict] = []
         self.history_: list[dict] = []
         self.confidence_ = None
-
-    @property
-    def tau(self) -> float:
-        """The link threshold in use, as log-odds: the configured probability's, else the tuned one."""
-        if self.config.tau is not None:
-            return log_odds(self.config.tau)
-        if self.tau_ is None:
-            raise ConfigError("facet: no tau given and none tuned: call fit() or FaceT.load() first")
-        return self.tau_
-
-    @property
-    def link_rule(self) -> str:
-        """The rule combining a pair's two directions: the configured one, or the tuned one."""
-        if self.config.link_rule != TUNED_RULE:
-            return self.config.link_rule
-        if self.link_rule_ is None:
-            raise ConfigError("facet: link_rule='tuned' but no rule tuned yet: call fit() or FaceT.load() first")
-        return self.link_rule_
 
     # ---- training -------------------------------------------------------------------------
     def fit(
