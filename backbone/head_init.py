@@ -6,7 +6,7 @@ cos 0, so the first epochs' gradients mostly move the head and push the already 
 around. Centres at the class means start each row near its own cluster's cosine, and the few
 epochs of a fine-tuning go to the rows that the model does not already place well. (On the demo
 the first epoch's loss fell from 4.4 to 1.6, but the retrained rank-1 did not change beyond a run's
-noise; see the README.) Under DDP each rank embeds its own share of the rows (every world_size-th)
+noise; see docs/training.md.) Under DDP each rank embeds its own share of the rows (every world_size-th)
 and the class sums are added up across ranks, so the pass costs 1 / world_size of the time per rank.
 """
 

@@ -1,6 +1,6 @@
 """Checking and preparing evaluation inputs: probe features with identities, distractor features.
 
-Policies (documented in the README's "Evaluation" section):
+Policies (documented in docs/evaluation.md):
 - NaN / infinite values or zero-norm rows: ``DataError`` naming the source and the rows.
 - Rows whose L2 norm is off 1 by more than ``NORM_TOLERANCE``: normalised, with an ``EvaluationWarning``
   saying how many (features.npy is L2-normalised by contract, so this usually means raw features).
