@@ -14,7 +14,7 @@ its inputs are loaded):
   a method fitted on a small generated labelled set (one epoch: link scores like a trained model's,
   so the links kept over the tuned tau are realistic). FaceT at the demo width with the paper's
   hop1 150 / hop2 5, Clusformer at the small width with the paper's k 64: the settings of the
-  README's earlier figures (43 and 25 min at 1M); width sets compute per link, not the O(N k)
+  earlier figures of docs/experiments/paper-scale-memory.md (43 and 25 min at 1M); width sets compute per link, not the O(N k)
   tables. "with kNN" adds the ``knn_deploy`` seconds of the same N;
 * ``metrics``: ``evaluate_partition`` at 5M.
 

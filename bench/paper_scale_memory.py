@@ -10,7 +10,7 @@ Cases (``bench.cluster_scaling``'s, each in a fresh process; peak resident set o
   set. Width sets compute and a batch's activations, not the O(N k) tables that grow with N.
 
 Peak memory is fitted as a + b N over the sizes measured and extrapolated to 5.21M, beside the
-figures this bench gave before (README, int64 ids and no link pre-filter; those processes built their
+figures this bench gave before (docs/experiments/paper-scale-memory.md: int64 ids and no link pre-filter; those processes built their
 kNN graph at hop1 + 1 / k themselves). The disk table writes each artefact at ``--disk-rows`` rows
 with the project's own writers (features, kNN files, rows, clusters, manifests) and scales its bytes
 per row to MS1M (5.82M images); model files are computed from parameter counts.
@@ -45,7 +45,7 @@ MS1M_IMAGES = 5_822_653  # MS1M-v2 (faces_emore): images
 MS1M_IDENTITIES = 85_742
 MEGAFACE_IMAGES = 1_027_058 + 3_530  # MegaFace distractors + FaceScrub probes
 DIM = 256
-# The README's figures before int32 ids (measured at 250K and 1M, extrapolated), in GB over the features.
+# The earlier figures (docs/experiments/paper-scale-memory.md) before int32 ids (measured at 250K and 1M, extrapolated), in GB over the features.
 BEFORE_GB = {"facet": (2.0, 7.9, 40.8), "clusformer": (1.8, 7.3, 38.5)}
 TARGET_GB = 16.0
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _memory_table(rows: list[dict], estimates: dict[str, float | None], features_gb: float) -> str:
-    lines = ["| case | N | seconds | peak GB over the features | before (README) | notes |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| case | N | seconds | peak GB over the features | before | notes |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
         before = BEFORE_GB.get(r["stage"])
         old = {250_000: 0, 1_000_000: 1}.get(r["n"])

@@ -29,7 +29,7 @@ DEFAULT_INFOMAP_BUDGET = 16 * 2**30
 # How Infomap weighs a link of a learned model: its probability p, its odds p / (1 - p), or the square
 # root of the odds. Learned link probabilities crowd near 1, where p itself barely tells a sure link
 # from a doubtful one; the odds keep that order as weight, but let the surest links hold most of the
-# flow. Measured with FaceT + Infomap (README, "Clustering on real faces"): the odds gave +0.8 points of
+# flow. Measured with FaceT + Infomap (docs/experiments/clustering.md, "Clustering on real faces"): the odds gave +0.8 points of
 # pairwise F on average over three draws of the generated features but 3 to 7 points less on the real
 # faces' dlib descriptors; their square root keeps most of the gain on generated features and loses
 # about 1 point on real ones.

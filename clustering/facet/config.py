@@ -46,7 +46,7 @@ class FaceTConfig:
     # Neighbourhood statistics of each pair (cosine, ranks, shared neighbours, densities:
     # clustering.pair_stats) concatenated to e_qk: not in the paper. With little labelled data the
     # LP then starts from what a cosine threshold knows instead of re-learning it; on real faces
-    # (dlib descriptors) it turns a loss to the tuned baselines into a lead (see the README).
+    # (dlib descriptors) it turns a loss to the tuned baselines into a lead (see docs/experiments/clustering.md).
     pair_stats: bool = True
     # training
     epochs: int = 60
@@ -77,7 +77,7 @@ class FaceTConfig:
     # One weight per pair from p(q->k) and p(k->q): any = max (the paper: a link when either
     # direction passes tau), mutual = min of both, average = mean (a side not scored counts 0).
     # "average" is the default (not the paper's "any"): on generated benchmark features it gave
-    # +3 to +12 points of pairwise F over "any" at the best tau of each (see the README).
+    # +3 to +12 points of pairwise F over "any" at the best tau of each (see docs/experiments/clustering.md).
     # "tuned": each rule is tuned on the labelled tune slice like tau (epochs are scored with
     # "average") and the one with the best tune score is kept (``FaceT.link_rule_``;
     # clustering.link_tuning).
@@ -85,7 +85,7 @@ class FaceTConfig:
     # How Infomap weighs a link (clustering.partition.LINK_WEIGHTS). "sqrt_odds", not the probability:
     # FaceT's probabilities crowd near 1, and with the square root of their odds FaceT + Infomap led
     # plain Infomap on three draws of generated features by +2.2 / +1.6 / +1.4 FP instead of +1.8 / -0.0
-    # / -0.6; on real faces it lost 0.5-1.8 FP and gained 0.3-0.9 BCubed F (README, "Clustering on real faces").
+    # / -0.6; on real faces it lost 0.5-1.8 FP and gained 0.3-0.9 BCubed F (docs/experiments/clustering.md, "Clustering on real faces").
     infomap_weight: str = after_training("sqrt_odds")
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``FaceT.tau_``)
     tau: float | None = after_training(None)
