@@ -29,8 +29,7 @@ DEMO_DATA = {"n_labelled_ids": 216, "n_unlabelled_ids": 648, "n_probe_ids": 100,
 # labelled identity (10 images) plus two, so that a threshold that links new people too readily cannot chain
 # them into large clusters, while a person's cluster with an impostor or two in it is not cut in pieces (capped
 # at exactly 10, 76 of 648 people were split, mostly 9 + 2 or 8 + 2, and retraining closed 58 % of the gap
-# instead of 67 %; see the README). Rank-1 gains and purities of the methods are in the README ("Running the
-# pipeline").
+# instead of 67 %). Rank-1 gains and purities of the methods are in docs/experiments/demo.md.
 CLUSTER_CAP = DEMO_DATA["images_per_id"] + 2
 # A fixed grid for the baselines: on the demo's features it found a better floor than the candidates
 # derived from the labelled data (Infomap pairwise F at r_U/L 3: 0.44 vs 0.39).
@@ -51,7 +50,7 @@ DEMO_PARAMETERS: dict[str, Any] = {
     # their images that matches the sampled share of the pool (at r_U/L 1 a person has about three images,
     # not ten); pseudo-labelled images whose cluster confidence is under 0.4 are dropped (0.5 dropped 11 %
     # of the r_U/L 3 pool and closed less of the gap on three seeds out of three; 0.3 let the r_U/L 1
-    # pseudo-labels' purity fall to 0.75; see the README).
+    # pseudo-labels' purity fall to 0.75; see docs/experiments/demo.md).
     "method": "clusformer",
     "method_params": METHOD_PARAMS["clusformer"],
     "clusterer_holdout": 0.3,
@@ -66,7 +65,7 @@ DEMO_PARAMETERS: dict[str, Any] = {
     # (Sub-center ArcFace) in every retraining, the bounds' too: a pseudo class that merged two people keeps a
     # centre for each. The wrong rows of mixed clusters were what cost the most (moving them to their own
     # person's cluster closed 76 % of the gap at seed 0, 67 % with the cluster labels); with sub-centres the
-    # r_U/L 3 run closes 71 / 87 / 71 % on seeds 0 / 1 / 2 instead of 67 / 81 / 76 % (see the README).
+    # r_U/L 3 run closes 71 / 87 / 71 % on seeds 0 / 1 / 2 instead of 67 / 81 / 76 % (see docs/experiments/demo.md).
     "retrain_from": "first_model",
     "retrain_options": {"epochs": 6, "sub_centres": 3},
     "k": 31,
@@ -106,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="drop pseudo-labelled images whose cluster confidence is below this "
                              f"(default {DEMO_PARAMETERS['min_confidence']})")
     parser.add_argument("--threads", type=int, default=DEMO_THREADS, help="torch intra-op threads (default 1)")
+    parser.add_argument("--seed", type=int, default=DEMO_PARAMETERS["seed"],
+                        help="seed of the generated data, the splits and every training (default 0); "
+                             "bench/demo_seeds.py runs several")
     args = parser.parse_args(argv)
     prepare_local_run(args.threads)
     from flows.compare_ratios import compare_ratios
 
     parameters = {**DEMO_PARAMETERS, "run_dir": args.run_dir, "epochs": args.epochs, "device": args.device,
                   "method": args.method, "method_params": METHOD_PARAMS[args.method],
-                  "clusterer_holdout": args.clusterer_holdout, "min_confidence": args.min_confidence}
+                  "clusterer_holdout": args.clusterer_holdout, "min_confidence": args.min_confidence,
+                  "seed": args.seed}
     started = time.perf_counter()
     state = compare_ratios(**parameters, return_state=True)
     print_outcome(state, args.run_dir, started, "semiface demo")

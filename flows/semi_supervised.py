@@ -69,7 +69,7 @@ RetrainFrom = Literal["scratch", "first_model"]
 # The registered clustering methods (clustering.base.available_methods) and the learned linkages
 # partitioned by Infomap instead of union-find.
 Method = Literal["knn_uf", "infomap", "dbscan", "hac", "kmeans_oracle", "pair_gbdt", "pair_gbdt+infomap",
-                 "facet", "facet+infomap", "clusformer", "clusformer+infomap"]
+                 "link_stack", "link_stack+infomap", "facet", "facet+infomap", "clusformer", "clusformer+infomap"]
 # auto: CUDA when torch can use it, else the CPU (a GPU torch cannot use is a loud warning); cuda: fail
 # without one; cuda:N: that GPU (or one worker per GPU with CUDA_VISIBLE_DEVICES and cuda).
 Device = Literal["auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:4", "cuda:5", "cuda:6",
