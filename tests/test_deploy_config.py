@@ -29,7 +29,7 @@ from tasks.prepare_data import data_options_for, identity_roles, split_identitie
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL, CPU_POOL = "semiface-gpu", "semiface"
-MS1M_DEPLOYMENTS = ("ms1m", "ms1m-clusformer", "ms1m-full")
+MS1M_DEPLOYMENTS = ("ms1m", "ms1m-clusformer", "ms1m-paper", "ms1m-clusformer-paper", "ms1m-full")
 # faces_emore (MS1M-ArcFace, InsightFace's RecordIO): 85,742 identities, 5,822,653 images.
 MS1M_IDENTITIES, MS1M_IMAGES = 85_742, 5_822_653
 # learn-to-cluster's MS1M benchmark: part0_train (8,573 identities, 576,494 images) labelled and nine

@@ -6,6 +6,7 @@ PREFECT_HOME and SQLite database; every process started is stopped, whatever hap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -150,6 +151,7 @@ with get_client(sync_client=True) as client:
 # A sweep over the demo deployment refused before any run (a hold-out too large for its 8 labelled identities),
 # then one that sets the method alone and min_confidence to semi-supervised's default (the deployment's is 0.4).
 SWEEP_DEMO = """
+import dataclasses
 import json
 from flows.compare_ratios import compare_ratios
 from prefect.client.orchestration import get_client
@@ -263,22 +265,41 @@ def test_the_demo_deployment_runs_make_demos_settings() -> None:
     assert demo["ratio"] == max(DEMO_PARAMETERS["ratios"]) and demo["labels"] == "clusters"
 
 
-def test_ms1m_deployments_run_each_method_at_its_paper_preset() -> None:
+def test_ms1m_deployments_run_the_confirmed_configuration_at_the_papers_sizes_and_keep_the_papers_algorithms() -> None:
+    """ms1m / ms1m-clusformer: each method at its paper's sizes with the project's pieces and an Infomap partition
+    (the confirmation draws' leader); ms1m-paper / ms1m-clusformer-paper: the papers' algorithms; ms1m-full: the
+    project's FaceT with union-find. All the same run otherwise, each summary under its own label."""
     import yaml
 
     from clustering.base import make_method
 
-    deployments = {d["name"]: d["parameters"] for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]}
-    facet, clusformer = deployments["ms1m"], deployments["ms1m-clusformer"]
-    assert {k: v for k, v in clusformer.items() if k not in ("method", "method_params", "label")} == \
-        {k: v for k, v in facet.items() if k not in ("method", "method_params", "label")}  # the same run otherwise
-    facet_cfg = make_method(facet["method"], **facet["method_params"]).config
-    assert (facet_cfg.hop1, facet_cfg.depth, facet_cfg.heads * facet_cfg.head_dim, facet_cfg.epochs) == (150, 2, 256, 60)
-    assert facet["k"] >= facet_cfg.hop1 + 1  # the flow's graph is deep enough for FaceT's sequences
-    cfg = make_method(clusformer["method"], **clusformer["method_params"]).config
-    assert (cfg.k, cfg.d_model, cfg.nhead, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.epochs, cfg.lr) == \
-        (64, 256, 8, 6, 6, 50, 1e-4)
-    assert clusformer["label"] != facet.get("label", "run")  # both summaries live in one run folder
+    deployments = {d["name"]: d["parameters"] for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
+                   if d["entrypoint"].endswith(":semi_supervised")}
+    names = ("ms1m", "ms1m-clusformer", "ms1m-paper", "ms1m-clusformer-paper")
+    rest = [{k: v for k, v in deployments[name].items() if k not in ("method", "method_params", "label")} for name in names]
+    assert all(other == rest[0] for other in rest[1:])  # the same run otherwise
+    assert len({deployments[name].get("label", "run") for name in names}) == len(names)  # one summary each
+    configs = {name: make_method(deployments[name]["method"], **deployments[name]["method_params"]).config
+               for name in (*names, "ms1m-full")}
+    for name in ("ms1m", "ms1m-paper", "ms1m-full"):
+        cfg = configs[name]
+        assert (cfg.hop1, cfg.depth, cfg.heads * cfg.head_dim, cfg.epochs) == (150, 2, 256, 60), name
+        assert deployments[name]["k"] >= cfg.hop1 + 1  # the flow's graph is deep enough for FaceT's sequences
+    for name in ("ms1m-clusformer", "ms1m-clusformer-paper"):
+        cfg = configs[name]
+        assert (cfg.k, cfg.d_model, cfg.nhead, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.epochs, cfg.lr) == \
+            (64, 256, 8, 6, 6, 50, 1e-4), name
+    project = configs["ms1m"]
+    assert (project.pair_stats, project.edge_embedding, project.loss_weighting, project.link_rule, project.partition,
+            project.infomap_weight) == (True, "concat_product", "balanced", "tuned", "infomap", "probability")
+    assert configs["ms1m-full"] == dataclasses.replace(project, partition="union_find")
+    paper = configs["ms1m-paper"]
+    assert (paper.pair_stats, paper.edge_embedding, paper.loss_weighting, paper.link_rule, paper.partition) == \
+        (False, "concat", "none", "any", "union_find")
+    clusformer, clusformer_paper = configs["ms1m-clusformer"], configs["ms1m-clusformer-paper"]
+    assert (clusformer.head, clusformer.pair_stats, clusformer.partition, clusformer.infomap_weight) == \
+        ("product", True, "infomap", "probability")
+    assert (clusformer_paper.head, clusformer_paper.pair_stats, clusformer_paper.partition) == ("paper", False, "union_find")
 
 
 def test_every_deployments_parameters_fit_the_flows_parameter_form() -> None:
