@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(PY) -m flows.demo
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist), a test file per process at a time: module
-# fixtures are built once, and on 2 cores the default run takes about 5 min instead of 9.
+# fixtures are built once, and on 2 cores the default run takes about 7 min.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
