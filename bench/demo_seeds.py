@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda seed: run_seed(seed, args.method, args.runs), args.seeds))
     summary = summarise(rows)
-    columns = [key for key in summary if key != "minutes"] + ["minutes"]
+    columns = sorted(summary, key=lambda key: key == "minutes")  # the run time last
     print("seed  " + "  ".join(f"{c:>10}" for c in columns))
     for row in rows:
         if "failed" in row:

@@ -151,7 +151,6 @@ with get_client(sync_client=True) as client:
 # A sweep over the demo deployment refused before any run (a hold-out too large for its 8 labelled identities),
 # then one that sets the method alone and min_confidence to semi-supervised's default (the deployment's is 0.4).
 SWEEP_DEMO = """
-import dataclasses
 import json
 from flows.compare_ratios import compare_ratios
 from prefect.client.orchestration import get_client
