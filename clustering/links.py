@@ -124,3 +124,18 @@ def _mean_probability_log_odds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return np.logaddexp(_log_sigmoid(a), _log_sigmoid(b)) - np.logaddexp(_log_sigmoid(-a), _log_sigmoid(-b))
 
+
+def cluster_confidence(labels: np.ndarray, ids: np.ndarray, scores: np.ndarray, rule: str, *, logits: bool) -> np.ndarray:
+    """Per-sample confidence float32 [N]: the mean probability, under ``rule``, of every pair scored
+    inside the sample's own cluster, over tau or not (0 for -1, singletons and members no pair of
+    their cluster was scored for). A cluster that chained two people through a few strong links holds
+    many weak pairs across them, so its members score low; reading only the links the partition
+    kept (all over tau) gives every clustered sample at least sigmoid(tau), and a filter on it
+    drops nothing but singletons."""
+    n = len(labels)
+    src, dst, weight = undirected_links(n, ids, scores, rule, within=np.asarray(labels), logits=logits)
+    probability = 1.0 / (1.0 + np.exp(-weight.astype(np.float64))) if logits else weight.astype(np.float64)
+    inside = np.concatenate([src, dst])
+    total = np.bincount(inside, weights=np.tile(probability, 2), minlength=n)
+    count = np.bincount(inside, minlength=n)
+    return np.divide(total, count, out=np.zeros(n), where=count > 0).astype(np.float32)

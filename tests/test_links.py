@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clustering.links import LINK_RULES, undirected_links
+from clustering.links import LINK_RULES, cluster_confidence, undirected_links
 
 
 def _rows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -88,6 +88,27 @@ def test_within_keeps_the_pairs_inside_each_cluster_whatever_their_weight() -> N
     src, dst, weight = undirected_links(4, ids, probs, "average", within=labels)
     assert list(zip(src.tolist(), dst.tolist(), strict=True)) == [(0, 1)]
     np.testing.assert_allclose(weight, [0.2])  # (0.1 + 0.3) / 2, far under any tau
+
+
+def test_cluster_confidence_reads_the_weak_pairs_of_a_chained_cluster() -> None:
+    """Cluster {0, 1, 2}: every pair 0.9. Cluster {3, 4, 5}: chained, 3-4 and 4-5 at 0.9 but 3-5 at 0.1 (the
+    links over any tau hold it together). Node 6 is a singleton, node 7 unclustered (-1)."""
+    strong, weak = 0.9, 0.1
+    pair = {(0, 1): strong, (0, 2): strong, (1, 2): strong, (3, 4): strong, (4, 5): strong, (3, 5): weak,
+            (2, 3): weak, (5, 6): 0.4, (6, 7): 0.3}
+    n = 8
+    ids = np.full((n, 4), -1, dtype=np.int32)
+    probs = np.zeros((n, 4), dtype=np.float32)
+    for node in range(n):
+        others = [(b if a == node else a, p) for (a, b), p in pair.items() if node in (a, b)]
+        ids[node, 0], probs[node, 0] = node, 1.0
+        for column, (other, p) in enumerate(others, start=1):
+            ids[node, column], probs[node, column] = other, p
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, -1])
+    expected = [strong, strong, strong, (strong + weak) / 2, strong, (strong + weak) / 2, 0.0, 0.0]
+    np.testing.assert_allclose(cluster_confidence(labels, ids, probs, "average", logits=False), expected, rtol=1e-6)
+    logits = np.log(probs) - np.log1p(-probs.clip(max=1 - 1e-7))
+    np.testing.assert_allclose(cluster_confidence(labels, ids, logits, "average", logits=True), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rule", LINK_RULES)

@@ -76,6 +76,29 @@ def test_facet_host_gathers_and_memory_map_give_the_in_memory_links(tmp_path) ->
     assert list((tmp_path / "work").iterdir()) == []  # the temporary memory map is removed
 
 
+def test_facet_pair_statistics_from_the_graph_cosines_equal_those_from_the_features() -> None:
+    """The cluster stage reads the statistics' cosines from the kNN graph (float16 on disk) instead of
+    gathering each neighbour's features: the same link log-odds, to float16's rounding."""
+    features, labels = blobs(20, 5, seed=0)
+    method = make_method("facet", **FACET, val_fraction=0.0).fit(features, labels)
+    test_features, _ = blobs(12, 6, seed=5)
+    knn = build_knn(test_features, 31, device="cpu")  # as deep as the pair statistics read: used as given
+    neighbourhood = method._neighbourhood(test_features, knn, torch.device("cpu"))
+    assert neighbourhood.index is not None and neighbourhood.cosines is not None
+    np.testing.assert_array_equal(neighbourhood.cosines, knn.sims[:, : neighbourhood.table.shape[1]])
+    scores = {name: infer.link_probabilities(method.model, test_features, neighbourhood.table, method.config,
+                                             torch.device("cpu"), neighbourhood.index, logits=True, cosines=cosines)
+              for name, cosines in [("features", None), ("graph", neighbourhood.cosines),
+                                    ("disk", neighbourhood.cosines.astype(np.float16))]}
+    finite = np.isfinite(scores["features"])
+    assert finite.sum() > len(test_features) * 5
+    np.testing.assert_allclose(scores["graph"][finite], scores["features"][finite], atol=1e-4)
+    np.testing.assert_allclose(scores["disk"][finite], scores["features"][finite], atol=0.05)
+    shuffled = knn.nbrs.copy()
+    shuffled[:, [0, 1]] = shuffled[:, [1, 0]]  # not build_knn's layout: the table is compacted, no cosines
+    assert method._neighbourhood(test_features, type(knn)(shuffled, knn.sims), torch.device("cpu")).cosines is None
+
+
 def test_facet_links_at_the_tuned_tau_are_those_over_it_of_all_links() -> None:
     features, labels = blobs(20, 5, seed=0)
     method = make_method("facet", **FACET, val_fraction=0.25).fit(features, labels)
@@ -105,6 +128,6 @@ def test_clusformer_pre_filter_changes_neither_clusters_nor_confidence(partition
     expected = partition_links(n, src, dst, weight, method=partition, tau=method.tau, link_weight=cfg.infomap_weight,
                                max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True)
     np.testing.assert_array_equal(predicted, expected)
-    over = weight >= method.tau
-    probability = 1.0 / (1.0 + np.exp(-weight[over].astype(np.float64)))
-    np.testing.assert_allclose(method.confidence_, link_confidence(expected, src[over], dst[over], probability), rtol=1e-6)
+    # confidence: every pair scored inside a cluster, those under tau included
+    probability = 1.0 / (1.0 + np.exp(-weight.astype(np.float64)))
+    np.testing.assert_allclose(method.confidence_, link_confidence(expected, src, dst, probability), rtol=1e-6)

@@ -39,7 +39,7 @@ from clustering.link_tuning import (
     rules_to_try,
     tune_links,
 )
-from clustering.links import undirected_links
+from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
@@ -62,9 +62,9 @@ class Clusformer(TunedLinks, Clusterer):
     per-slot linear head, no pair statistics, rule "any", union-find). ``tau`` None: tuned on the
     validation slice (``tau_``, log-odds; ``link_rule_`` with ``link_rule="tuned"``). ``checkpoint``:
     a ``.pt`` path written after every epoch and resumed from.
-    After ``fit_predict``: ``confidence_`` (float32 [N]) from the links that placed each sample;
-    members the model predicted as not belonging get low confidence, and ``drop_below`` turns them
-    into -1 directly.
+    After ``fit_predict``: ``confidence_`` (float32 [N]), the mean probability of every pair scored
+    inside each sample's cluster (``clustering.links.cluster_confidence``): members of a cluster
+    chained from two people score low, and ``drop_below`` turns them into -1 directly.
     """
 
     name = "clusformer"
@@ -212,7 +212,7 @@ class Clusformer(TunedLinks, Clusterer):
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
-        from clustering.partition import link_confidence, partition_links
+        from clustering.partition import partition_links
 
         cfg = self.config
         n = features.shape[0]
@@ -222,8 +222,7 @@ class Clusformer(TunedLinks, Clusterer):
             n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True,
         )
-        # from the links the partition saw (those over tau): a member held by weak links only scores 0
-        confidence = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))
+        confidence = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         if cfg.drop_below is not None:
             labels = np.where(confidence < cfg.drop_below, -1, labels)
         self.confidence_ = confidence.astype(np.float32, copy=False)

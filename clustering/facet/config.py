@@ -93,7 +93,7 @@ class FaceTConfig:
     min_cluster_size: int = after_training(1)
     # execution
     device: str = after_training("auto")
-    inference_batch: int = after_training(512)  # pivots per LP batch (RE batches are 8x larger)
+    inference_batch: int = after_training(512)  # pivots per LP batch (RE batches are 8x larger; at most 128 on the CPU)
     memmap_bytes: int = after_training(1 << 30)  # enhanced features larger than this go to a memory map
     work_dir: str | None = after_training(None)  # checkpoints (resume) and memory maps; None = no checkpoints
 

@@ -28,9 +28,9 @@ from clustering.link_tuning import (
     rules_to_try,
     tune_links,
 )
-from clustering.links import undirected_links
+from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
-from clustering.partition import link_confidence, partition_links
+from clustering.partition import partition_links
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -190,19 +190,20 @@ class FaceT(TunedLinks, Clusterer):
         """(ids [N, L]: each node then its hop1 neighbours, log-odds [N, L] of node -> neighbour)."""
         table = neighbourhood.table
         scores = link_probabilities(model, features, table, self.config, model_device(model), neighbourhood.index,
-                                    logits=True)
+                                    logits=True, cosines=neighbourhood.cosines)
         return table[:, : scores.shape[1]], scores
 
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
-        """Cluster ids int64 [N] of unlabelled ``features``; sets ``confidence_`` (mean link
-        probability inside the sample's cluster)."""
+        """Cluster ids int64 [N] of unlabelled ``features``; sets ``confidence_`` (``cluster_confidence``:
+        the mean probability of every pair scored inside the sample's cluster)."""
         cfg = self.config
-        src, dst, score = self.predict_links(features, knn)
+        ids, scores = self.directed_links(features, knn)
+        src, dst, score = undirected_links(len(features), ids, scores, self.link_rule, self.tau, logits=True)
         labels = partition_links(
             len(features), src, dst, score, method=cfg.partition, tau=self.tau, max_size=cfg.max_cluster_size,
             min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, logits=True,
         )
-        self.confidence_ = link_confidence(labels, src, dst, _probability(score))
+        self.confidence_ = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         return labels
 
     def _neighbourhood(self, features: np.ndarray, knn: KnnGraph | None, device: torch.device) -> Neighbourhood:
@@ -220,7 +221,10 @@ class FaceT(TunedLinks, Clusterer):
                             "and the pair statistics, self included): building a graph of k=%d here", knn.k, wanted, wanted)
             knn = build_knn(features, wanted, device=cfg.device)
         index = NeighbourhoodIndex.from_graph(knn, device) if cfg.pair_stats else None
-        return Neighbourhood(neighbour_table(knn.nbrs, count), index)
+        table = neighbour_table(knn.nbrs, count)
+        # a table that is a view of the graph's ids has the graph's similarities as its cosines
+        cosines = knn.sims[:, : table.shape[1]] if cfg.pair_stats and np.may_share_memory(table, knn.nbrs) else None
+        return Neighbourhood(table, index, cosines)
 
     def _trained_model(self) -> FaceTModel:
         if self.model is None:
@@ -261,10 +265,12 @@ FaceT.__signature__ = inspect.Signature(
 
 @dataclass(frozen=True)
 class Neighbourhood:
-    """What FaceT reads of a set's kNN graph: the neighbour table and the pair-statistics index."""
+    """What FaceT reads of a set's kNN graph: the neighbour table, the pair-statistics index and,
+    when the table is a view of the graph, the graph's cosines of each row to the table's ids."""
 
     table: np.ndarray
     index: NeighbourhoodIndex | None
+    cosines: np.ndarray | None = None
 
 
 class _Validator:
@@ -298,11 +304,6 @@ class _Validator:
             "all_pairwise_f": tuning.scores["all_pairwise_f"], "all_bcubed_f": tuning.scores["all_bcubed_f"],
             "pairwise_f": tuning.scores["heldout_pairwise_f"], "bcubed_f": tuning.scores["heldout_bcubed_f"],
         }
-
-
-def _probability(log_odds_: np.ndarray) -> np.ndarray:
-    """The probabilities of link log-odds (float64)."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds_, dtype=np.float64)))
 
 
 def _checked_labelled(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

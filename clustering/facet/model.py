@@ -63,12 +63,25 @@ class LinkagePredictor(nn.Module):
         """pivot [B, d], sequence [B, L, d], sequence_pad bool [B, L] (+ standardised pair
         statistics [B, L, N_STATS]) -> logits [B, L, 2]."""
         sequence = self.sequence_layers(sequence, src_key_padding_mask=sequence_pad)
-        pivot = pivot[:, None].expand_as(sequence)
-        parts = [pivot, sequence, pivot * sequence] if self.with_product else [pivot, sequence]
+        first, activation, last = self.classifier
+        return last(activation(self._first_layer(first, pivot, sequence, stats)))
+
+    def _first_layer(self, first: nn.Linear, pivot: Tensor, sequence: Tensor, stats: Tensor | None) -> Tensor:
+        """``first(cat(pivot, sequence, pivot * sequence, stats))`` [B, L, d] without the [B, L, width]
+        concatenation: the weight's column blocks applied to each part, the pivot's once per row and
+        the product folded into one per-pivot matrix, W_s + diag(pivot) W_p (same values, about a
+        third of the work of the link classifier at inference)."""
+        d = sequence.shape[-1]
+        weight = first.weight.to(sequence.dtype)
+        bias = first.bias.to(sequence.dtype)
+        w_pivot, w_sequence = weight[:, :d], weight[:, d : 2 * d]
+        per_pivot = w_sequence.t().expand(len(pivot), d, -1)
+        if self.with_product:
+            per_pivot = per_pivot + pivot[:, :, None] * weight[:, 2 * d : 3 * d].t()
+        out = torch.baddbmm((pivot @ w_pivot.t() + bias)[:, None], sequence, per_pivot)
         if stats is not None:
-            parts.append(stats.to(sequence.dtype))
-        edges = torch.cat(parts, dim=-1)
-        return self.classifier(edges)
+            out = out + stats.to(sequence.dtype) @ weight[:, -N_STATS:].t()
+        return out
 
 
 class FaceTModel(nn.Module):
