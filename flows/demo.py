@@ -66,7 +66,7 @@ DEMO_PARAMETERS: dict[str, Any] = {
     # centre for each. The wrong rows of mixed clusters were what cost the most (moving them to their own
     # person's cluster closed 76 % of the gap at seed 0, 67 % with the cluster labels); with sub-centres the
     # r_U/L 3 run closes 71 / 87 / 71 % on seeds 0 / 1 / 2 instead of 67 / 81 / 76 % (before the quality merge;
-    # today 66 / 71 / 73 %: docs/experiments/demo.md).
+    # today 68 / 72 / 73 %: docs/experiments/demo.md).
     "retrain_from": "first_model",
     "retrain_options": {"epochs": 6, "sub_centres": 3},
     "k": 31,
