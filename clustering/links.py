@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from clustering.node_ids import id_dtype
+from clustering.partition import link_confidence
 from semiface.errors import ConfigError, DataError
 
 LINK_RULES = ("any", "mutual", "average")
@@ -132,10 +133,7 @@ def cluster_confidence(labels: np.ndarray, ids: np.ndarray, scores: np.ndarray, 
     many weak pairs across them, so its members score low; reading only the links the partition
     kept (all over tau) gives every clustered sample at least sigmoid(tau), and a filter on it
     drops nothing but singletons."""
-    n = len(labels)
-    src, dst, weight = undirected_links(n, ids, scores, rule, within=np.asarray(labels), logits=logits)
+    labels = np.asarray(labels)
+    src, dst, weight = undirected_links(len(labels), ids, scores, rule, within=labels, logits=logits)
     probability = 1.0 / (1.0 + np.exp(-weight.astype(np.float64))) if logits else weight.astype(np.float64)
-    inside = np.concatenate([src, dst])
-    total = np.bincount(inside, weights=np.tile(probability, 2), minlength=n)
-    count = np.bincount(inside, minlength=n)
-    return np.divide(total, count, out=np.zeros(n), where=count > 0).astype(np.float32)
+    return link_confidence(labels, src, dst, probability)
