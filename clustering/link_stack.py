@@ -26,8 +26,8 @@ from clustering.base import Clusterer, make_method, register
 from clustering.identities import TUNE_SAMPLES, split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
 from clustering.link_tuning import RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
-from clustering.links import directed_edges, undirected_links
-from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, link_confidence, partition_links
+from clustering.links import cluster_confidence, directed_edges, undirected_links
+from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, partition_links
 from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -136,10 +136,11 @@ class LinkStack(Clusterer):
         rule = self.link_rule_ or self.link_rule
         tau = self.tau_ if self.tau is None else log_odds(self.tau)
         n = len(features)
-        src, dst, weight = undirected_links(n, ids, self._combine(scores), rule, tau, logits=True)
+        combined = self._combine(scores)
+        src, dst, weight = undirected_links(n, ids, combined, rule, tau, logits=True)
         labels = partition_links(n, src, dst, weight, method=self.partition, tau=tau, max_size=self.max_size,
                                  min_size=self.min_size, seed=self.seed, link_weight=self.infomap_weight, logits=True)
-        self.confidence_ = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))
+        self.confidence_ = cluster_confidence(labels, ids, combined, rule, logits=True)
         return labels
 
     def save(self, path: str | Path) -> Path:

@@ -26,9 +26,9 @@ from clustering.baselines import knn_graph_for
 from clustering.identities import TUNE_SAMPLES, split_by_identity, tuning_slices
 from clustering.knn import KnnGraph
 from clustering.link_tuning import EPOCH_RULE, RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
-from clustering.links import undirected_links
+from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import NeighbourhoodIndex
-from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, link_confidence, partition_links
+from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, partition_links
 from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -178,7 +178,7 @@ class PairGbdt(Clusterer):
         labels = partition_links(n, src, dst, weight, method=self.partition, tau=self.threshold,
                                  max_size=self.max_size, min_size=self.min_size, seed=self.seed,
                                  link_weight=self.infomap_weight, logits=True)
-        self.confidence_ = link_confidence(labels, src, dst, 1.0 / (1.0 + np.exp(-weight.astype(np.float64))))
+        self.confidence_ = cluster_confidence(labels, ids, scores, self.rule, logits=True)
         return labels
 
     def _train(self, graph: KnnGraph, labels: np.ndarray):
