@@ -119,6 +119,28 @@ def test_every_encoding_gives_one_logit_per_position(encoding):
         model(batch.feats, batch.sims, batch.pad)
 
 
+@pytest.mark.parametrize(("encoding", "head", "pair_stats"), [("cde", "product", True), ("learnable", "paper", False)])
+def test_inference_shortcuts_give_the_modules_values(encoding, head, pair_stats):
+    """Inference projects the CDE per part and runs the first decoder layer's self-attention once for the
+    batch; training runs the modules as built: with no dropout both give the same logits, padding included."""
+    feats, _ = _blobs(6, 5)
+    cfg = ClusformerConfig(k=8, encoding=encoding, head=head, pair_stats=pair_stats, d_model=16, nhead=2,
+                           dim_feedforward=32, num_encoder_layers=2, num_decoder_layers=2, dropout=0.0)
+    model = ClusformerNet(16, cfg)
+    graph = build_knn(feats, 8)
+    index = NeighbourhoodIndex.from_graph(graph) if pair_stats else None
+    batch = build_sequences(feats, graph, np.arange(7), k=8, index=index)
+    pad = batch.pad.clone()
+    pad[:2, -3:] = True  # some sequences padded
+    with torch.no_grad():
+        fast = model.eval()(batch.feats, batch.sims, pad, batch.stats)
+        modules = model.train()(batch.feats, batch.sims, pad, batch.stats)
+        cat = model.input_proj(torch.cat([batch.feats, batch.sims], -1) if encoding == "cde" else batch.feats)
+        torch.testing.assert_close(model._project(batch.feats, batch.sims), cat, rtol=0, atol=1e-5)
+    real = ~pad
+    torch.testing.assert_close(fast[real], modules[real], rtol=0, atol=1e-5)
+
+
 def test_targets_exclude_centre_and_padding():
     feats = _plane(ANGLES)
     labels = np.array([7, 7, 7, 8, 8, 9])

@@ -116,8 +116,8 @@ def _gather_unit_rows(features: np.ndarray | torch.Tensor, ids: np.ndarray, devi
         index = torch.from_numpy(np.where(valid, flat, 0)).to(features.device)
         rows = features[index].float().masked_fill_(~torch.from_numpy(valid).to(features.device)[:, None], 0.0)
         return torch.nn.functional.normalize(rows.view(*ids.shape, features.shape[1]), dim=-1).to(device)
-    out = np.zeros((flat.size, features.shape[1]), dtype=np.float32)
-    out[valid] = features[flat[valid]]
+    out = np.take(features, np.where(valid, flat, 0), axis=0).astype(np.float32, copy=False)
+    out[~valid] = 0.0
     tensor = torch.from_numpy(out).to(device).view(*ids.shape, features.shape[1])
     return torch.nn.functional.normalize(tensor, dim=-1)
 
