@@ -12,14 +12,18 @@ its inputs are loaded):
 * ``facet``, ``clusformer``, ``facet+infomap``, ``clusformer+infomap``: the cluster stage, reading that
   ``knn.npz`` (the features are loaded first, as the stage holds them) and running ``fit_predict`` of
   a method fitted on a small generated labelled set (one epoch: link scores like a trained model's,
-  so the links kept over the tuned tau are realistic). FaceT at the demo width with the paper's
-  hop1 150 / hop2 5, Clusformer at the small width with the paper's k 64: the settings of the
-  earlier figures of docs/experiments/paper-scale-memory.md (43 and 25 min at 1M); width sets compute per link, not the O(N k)
-  tables. "with kNN" adds the ``knn_deploy`` seconds of the same N;
+  so the links kept over the tuned tau are realistic); ``facet-bf16``, ``clusformer-bf16``: the same
+  models with ``inference_precision="bfloat16"`` (tau tuned in float32: the links move by bf16 rounding).
+  FaceT at the demo width with the paper's hop1 150 / hop2 5, Clusformer at the small width with the
+  paper's k 64: the settings of the earlier figures of docs/experiments/paper-scale-memory.md (43 and
+  25 min at 1M); width sets compute per link, not the O(N k) tables. "with kNN" adds the
+  ``knn_deploy`` seconds of the same N;
 * ``metrics``: ``evaluate_partition`` at 5M.
 
 Features are generated MS1M-like (``clustering.benchmark_features``, in blocks of identities so 2M
-rows never need the generator's float64 temporaries at once). The growth exponent is the slope of
+rows never need the generator's float64 temporaries at once). Each case also records ``ref_s``, the
+seconds of a fixed torch workload run just before and just after it (``bench.measure.reference_seconds``): this VM's
+speed drifts by up to 2x within an hour, so rows taken at different moments compare through it. The growth exponent is the slope of
 log seconds over log N across every size measured. A case is skipped when the time extrapolated
 from the smaller sizes passes ``--budget`` seconds.
 
@@ -34,6 +38,7 @@ covers them all. faiss runs on the GPU when it sees one (the device column says 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -43,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.measure import run_measured
+from bench.measure import reference_seconds, run_measured
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster_scaling.json"
 METRICS_N = 5_000_000
@@ -56,11 +61,15 @@ CLUSFORMER = {"preset": "small", "k": CLUSFORMER_K, "epochs": 1, "device": "cpu"
 METHODS = {"facet": FACET, "clusformer": CLUSFORMER, "facet+infomap": FACET, "clusformer+infomap": CLUSFORMER}
 LABELLED_IDENTITIES = 200
 CORE_STAGES = ("knn_exact", "knn_ivf", "union_find", "union_find_capped", "infomap")
-STAGES = (*CORE_STAGES, "knn_deploy", *METHODS, "metrics")
+# the same fitted models with inference autocast to bf16 (inference_precision="bfloat16": pays on a CPU with bf16
+# instructions, such as this AMD EPYC's AVX512-BF16)
+BF16_STAGES = {"facet-bf16": "facet", "clusformer-bf16": "clusformer"}
+CLUSTER_STAGES = (*METHODS, *BF16_STAGES)
+STAGES = (*CORE_STAGES, "knn_deploy", *CLUSTER_STAGES, "metrics")
 # growth assumed for a stage measured at one size only, to skip a size predicted over --budget
 DEFAULT_EXPONENTS = {"knn_exact": 2.0, "knn_ivf": 1.3, "knn_deploy": 1.3}
 NEEDS = {"union_find": "knn_ivf", "union_find_capped": "knn_ivf", "infomap": "knn_ivf",
-         **{name: "knn_deploy" for name in METHODS}}
+         **{name: "knn_deploy" for name in CLUSTER_STAGES}}
 
 
 def generate(n: int, folder: Path) -> None:
@@ -123,8 +132,10 @@ def run_case(stage: str, folder: str, models: str, k: int) -> dict:
 
             def work():
                 return connected_components(n, src, dst, weight=sims, max_size=cap)
-    elif stage in METHODS:
-        method = _load_method(stage, Path(models))
+    elif stage in CLUSTER_STAGES:
+        method = _load_method(BF16_STAGES.get(stage, stage), Path(models))
+        if stage in BF16_STAGES:
+            method.config = dataclasses.replace(method.config, inference_precision="bfloat16")
         features = np.load(folder_path / "features.npy")
 
         def work():
@@ -138,13 +149,15 @@ def run_case(stage: str, folder: str, models: str, k: int) -> dict:
             return evaluate_partition(gt, pred)
     else:
         raise ValueError(stage)
+    reference_before = reference_seconds()  # the machine's speed around the case (bench.measure)
     result, seconds, peak_mb = run_measured(work)
+    extra["ref_s"] = [round(reference_before, 3), round(reference_seconds(), 3)]
     if stage in ("knn_exact", "knn_ivf"):
         result.save(folder_path / f"{stage}.npz")
         if stage == "knn_ivf" and (folder_path / "knn_exact.npz").is_file():
             exact = KnnGraph.load(folder_path / "knn_exact.npz")
             extra["recall"] = _recall(exact.nbrs, result.nbrs)
-    if stage in ("union_find", "infomap", *METHODS):
+    if stage in ("union_find", "infomap", *CLUSTER_STAGES):
         scores = evaluate_partition(np.load(folder_path / "labels.npy"), result)
         extra.update(pairwise_f=round(scores["pairwise_f"], 4), bcubed_f=round(scores["bcubed_f"], 4))
     return {"seconds": seconds, "peak_mb": peak_mb, **extra}
@@ -205,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cluster_scaling_") as tmp:
         root = args.data or Path(tmp)
         models = root / "models"
-        if any(stage in METHODS for stage in args.stages) and not all((models / f"{m}.pt").is_file() for m in METHODS):
+        if any(stage in CLUSTER_STAGES for stage in args.stages) and not all((models / f"{m}.pt").is_file() for m in METHODS):
             models.mkdir(parents=True, exist_ok=True)
             with ProcessPoolExecutor(1, mp_context=context) as pool:
                 pool.submit(fit_methods, models).result()
@@ -278,7 +291,7 @@ def _table(rows: list[dict], exponents: dict[str, float | None]) -> str:
             lines.append(f"| {row['stage']} | {row['n']:,} | | | | | {exp_text} | skipped: {row['skipped']} |")
             continue
         with_knn = ""
-        if row["stage"] in METHODS and row["n"] in knn_seconds:
+        if row["stage"] in CLUSTER_STAGES and row["n"] in knn_seconds:
             with_knn = f"{(row['seconds'] + knn_seconds[row['n']]) / 60:.1f}"
         notes = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("stage", "n", "seconds", "peak_mb", "device"))
         lines.append(f"| {row['stage']} | {row['n']:,} | {row['device']} | {row['seconds']:.1f} | {with_knn} | "

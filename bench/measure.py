@@ -58,3 +58,24 @@ def run_measured(work: Callable[[], T]) -> tuple[T, float, float]:
         result = work()
         seconds = time.perf_counter() - started
     return result, seconds, (rss.peak - rss.start) / 2**20
+
+
+def reference_seconds(repeats: int = 3, passes: int = 10) -> float:
+    """Seconds of a fixed torch workload (a small transformer encoder layer on [256, 64, 64], ``passes``
+    forward passes; the best of ``repeats``) with the process's torch threads. This machine's speed drifts
+    (a shared VM: the same pass has taken 1.0x to 1.9x within an hour), so timings taken at different
+    moments are compared through it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, 0.0, batch_first=True, norm_first=True).eval()
+    tokens = torch.randn(256, 64, 64, generator=generator)
+    best = float("inf")
+    with torch.inference_mode():
+        layer(tokens)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(passes):
+                layer(tokens)
+            best = min(best, time.perf_counter() - started)
+    return best

@@ -96,3 +96,35 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# Inference precision of the clustering transformers: "auto" = autocast_dtype's (reduced on CUDA, float32 on
+# the CPU), "float32" = never reduced, "bfloat16" = bf16 autocast on any device.
+INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of inference on ``device`` for ``precision`` (``INFERENCE_PRECISIONS``), None for
+    float32. bf16 on a CPU pays only with native bf16 instructions (AVX512-BF16 or AMX): without them a
+    warning says it will be slower, not faster."""
+    if precision == "auto":
+        return autocast_dtype(device)
+    if precision == "float32":
+        return None
+    if precision != "bfloat16":
+        raise ConfigError(f"inference_precision: unknown {precision!r} (use {', '.join(INFERENCE_PRECISIONS)})")
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        _warn_slow_bf16()
+    return torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX tiles), as torch reports them."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    log.warning("inference_precision='bfloat16' on a CPU without bf16 instructions (AVX512-BF16 / AMX): torch "
+                "emulates them, inference will be slower than float32")

@@ -463,3 +463,20 @@ def test_retuned_and_untuned_clusformer(caplog) -> None:
         assert "no validation slice to tune tau on" in caplog.text and untuned.tau == 0.0
         untuned.fit_predict(feats, build_knn(feats, 4))
         assert "the kNN graph given has k=4" in caplog.text
+
+
+def test_bfloat16_inference_gives_logits_close_to_float32_ones() -> None:
+    """``inference_precision='bfloat16'`` autocasts the CPU inference: the logits move by bf16 rounding only."""
+    feats, labels = _blobs(8, 6)
+    method = Clusformer(k=8, d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1, num_decoder_layers=1,
+                        epochs=1, val_fraction=0.0, tau=0.5).fit(feats, labels)
+    ids, full = method.directed_links(feats)
+    method.config = method.config.with_updates(inference_precision="bfloat16")
+    half_ids, half = method.directed_links(feats)
+    np.testing.assert_array_equal(half_ids, ids)
+    real = np.isfinite(full)
+    np.testing.assert_array_equal(np.isfinite(half), real)
+    difference = np.abs(half[real] - full[real])
+    assert 0 < difference.max() < 0.25 and np.median(difference) < 0.05  # bf16 keeps 8 bits of mantissa
+    with pytest.raises(ConfigError, match="inference_precision"):
+        ClusformerConfig(inference_precision="float16")

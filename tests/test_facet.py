@@ -360,3 +360,19 @@ def test_beats_knn_union_find_on_generated_benchmark_features() -> None:
     ours = evaluate_partition(test_y, facet.fit_predict(test_x, None))
     assert ours["pairwise_f"] >= base["pairwise_f"] + 0.05, (ours, base)
     assert ours["bcubed_f"] >= base["bcubed_f"] + 0.05, (ours, base)
+
+
+def test_bfloat16_inference_gives_links_close_to_float32_ones() -> None:
+    """``inference_precision='bfloat16'`` autocasts the CPU inference; the link log-odds move by bf16 rounding only."""
+    features, labels = blobs(20, 5)
+    method = make_method("facet", preset="demo", **TINY, epochs=1, val_fraction=0.0).fit(features, labels)
+    knn = build_knn(features, 9, device="cpu")
+    full = method.predict_links(features, knn, -np.inf)
+    method.config = method.config.replace(inference_precision="bfloat16")
+    half = method.predict_links(features, knn, -np.inf)
+    np.testing.assert_array_equal(half[0], full[0])
+    np.testing.assert_array_equal(half[1], full[1])
+    difference = np.abs(half[2] - full[2])
+    assert 0 < difference.max() < 0.25 and np.median(difference) < 0.05  # bf16 keeps 8 bits of mantissa
+    with pytest.raises(ConfigError, match="inference_precision"):
+        method.config.replace(inference_precision="float16")

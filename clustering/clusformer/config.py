@@ -8,6 +8,7 @@ from typing import Any
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
 from clustering.partition import LINK_WEIGHTS
+from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError
 from semiface.training.settings import after_training
 
@@ -99,6 +100,9 @@ class ClusformerConfig:
     min_size: int = after_training(1)
     drop_below: float | None = after_training(None)
     device: str = after_training("auto")
+    # autocast of inference (semiface.devices.INFERENCE_PRECISIONS): "bfloat16" runs the CPU inference ~40 %
+    # faster on a CPU with bf16 instructions (logits within ~0.02, 0.03 % of links across tau at 250K)
+    inference_precision: str = after_training("auto")
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -114,6 +118,7 @@ class ClusformerConfig:
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("infomap_weight", self.infomap_weight, LINK_WEIGHTS)
         _check_choice("tune_on", self.tune_on, ("heldout", "all"))
+        _check_choice("inference_precision", self.inference_precision, INFERENCE_PRECISIONS)
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
         for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",

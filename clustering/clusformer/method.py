@@ -105,6 +105,7 @@ class Clusformer(TunedLinks, Clusterer):
         min_size: int | None = None,
         drop_below: float | None = None,
         device: str | None = None,
+        inference_precision: str | None = None,
         checkpoint: str | Path | None = None,
         progress: bool = False,
     ) -> None:

@@ -25,7 +25,7 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.sequences import SequenceBatch, build_sequences, device_features
 from clustering.knn import KnnGraph
 from clustering.pair_stats import NeighbourhoodIndex
-from semiface.devices import autocast_dtype
+from semiface.devices import autocast_dtype, inference_dtype
 from semiface.errors import DataError
 from semiface.training.checkpoints import data_fingerprint, load_training_state, save_training_state
 from semiface.training.history import EpochCallback, end_of_epoch
@@ -164,7 +164,7 @@ def predict_sequences(
     """
     model.eval()
     n = features.shape[0]
-    amp = autocast_dtype(device)
+    amp = inference_dtype(device, config.inference_precision)
     ids = np.empty((n, config.k), dtype=knn.nbrs.dtype)
     scores = np.empty((n, config.k), dtype=np.float32)
     step = config.infer_batch_size
@@ -213,6 +213,6 @@ def training_identity(config: ClusformerConfig, feature_dim: int, features: np.n
 
 @contextmanager
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """bf16/fp16 autocast on CUDA, nothing on CPU."""
+    """Autocast to ``dtype`` on ``device`` (nothing when None)."""
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         yield

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
 from clustering.partition import LINK_WEIGHTS
+from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.settings import after_training
 
@@ -94,6 +95,9 @@ class FaceTConfig:
     # execution
     device: str = after_training("auto")
     inference_batch: int = after_training(512)  # pivots per LP batch (RE batches are 8x larger; at most 128 on the CPU)
+    # autocast of inference (semiface.devices.INFERENCE_PRECISIONS): "bfloat16" speeds the CPU inference up on a
+    # CPU with bf16 instructions, at the cost of bf16 rounding in the link scores
+    inference_precision: str = after_training("auto")
     memmap_bytes: int = after_training(1 << 30)  # enhanced features larger than this go to a memory map
     work_dir: str | None = after_training(None)  # checkpoints (resume) and memory maps; None = no checkpoints
 
@@ -157,6 +161,8 @@ class FaceTConfig:
              , "tau_grid must be None (adaptive) or values in (0, 1)"),
             (self.tau is None or 0.0 <= self.tau < 1.0, f"tau must be in [0, 1) or None, got {self.tau}"),
             (self.inference_batch >= 1 and self.memmap_bytes >= 0, "inference_batch >= 1, memmap_bytes >= 0"),
+            (self.inference_precision in INFERENCE_PRECISIONS,
+             f"inference_precision must be one of {INFERENCE_PRECISIONS}, got {self.inference_precision!r}"),
         ]
         for ok, problem in checks:
             if not ok:

@@ -27,7 +27,7 @@ from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequenc
 from clustering.facet.row_store import RowStore
 from clustering.pair_stats import NeighbourhoodIndex
 from clustering.placement import device_budget, fit_on_device
-from semiface.devices import autocast_dtype
+from semiface.devices import inference_dtype
 
 RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
 ROW_CHUNK = 65_536  # rows per step where a pass over all N rows is chunked
@@ -36,21 +36,21 @@ ROW_CHUNK = 65_536  # rows per step where a pass over all N rows is chunked
 CPU_LP_BATCH = 128
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16) autocast on CUDA, nothing on CPU."""
-    dtype = autocast_dtype(device)
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (``semiface.devices.inference_dtype``), nothing when None."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.inference_mode()
 def enhance_all(
-    model: FaceTModel, features: RowStore, table: Tensor, hop2: int, batch: int, out: Tensor | np.ndarray
+    model: FaceTModel, features: RowStore, table: Tensor, hop2: int, batch: int, out: Tensor | np.ndarray,
+    amp: torch.dtype | None = None,
 ) -> None:
-    """Write g of every node into ``out`` [N, d] (a device tensor or a memory map)."""
+    """Write g of every node into ``out`` [N, d] (a device tensor or a memory map), under autocast to ``amp``."""
     n = table.shape[0]
     for start in tqdm(range(0, n, batch), desc="facet RE", unit="batch", disable=None, leave=False):
         nodes = torch.arange(start, min(start + batch, n), device=table.device)
-        with autocast(table.device):
+        with autocast(table.device, amp):
             g = enhance_nodes(model, features, table, nodes, hop2).float()
         if isinstance(out, Tensor):
             out[start : start + len(nodes)] = g
@@ -61,7 +61,7 @@ def enhance_all(
 @torch.inference_mode()
 def link_scores(
     model: FaceTModel, enhanced: RowStore, table: Tensor, hop1: int, batch: int,
-    pair_stats: Callable[[Tensor, Tensor], Tensor] | None = None, logits: bool = False,
+    pair_stats: Callable[[Tensor, Tensor], Tensor] | None = None, logits: bool = False, amp: torch.dtype | None = None,
 ) -> np.ndarray:
     """P(same identity) float32 [N, hop1 + 1] of every pivot (row) to ``table[:, :hop1 + 1]``;
     0 at the pivot itself (column 0) and at padding. Fewer columns when the table is narrower.
@@ -71,7 +71,7 @@ def link_scores(
     out = np.zeros((n, min(hop1 + 1, table.shape[1])), dtype=np.float32)
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
-        with autocast(table.device):
+        with autocast(table.device, amp):
             ids, sequence, pad = _lp_inputs(pivots, table, hop1, enhanced)
             stats = pair_stats(pivots, ids) if pair_stats is not None else None
             # no padding in the batch (a full kNN graph): no attention mask, the faster kernel, same math
@@ -162,6 +162,7 @@ def link_probabilities(
     table_t = torch.as_tensor(table).to(device)
     stats = None if index is None else _stats_of_pairs(index, store, features, cosines, device)
     with _enhanced_store(len(features), model.model_dim, device, cfg, on_enhanced) as (out, enhanced):
-        enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out)
+        amp = inference_dtype(device, cfg.inference_precision)
+        enhance_all(model, store, table_t, cfg.hop2, cfg.inference_batch * RE_BATCH_FACTOR, out, amp)
         lp_batch = cfg.inference_batch if device.type != "cpu" else min(cfg.inference_batch, CPU_LP_BATCH)
-        return link_scores(model, enhanced, table_t, cfg.hop1, lp_batch, stats, logits=logits)
+        return link_scores(model, enhanced, table_t, cfg.hop1, lp_batch, stats, logits=logits, amp=amp)
