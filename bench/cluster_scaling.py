@@ -22,9 +22,9 @@ its inputs are loaded):
 
 Features are generated MS1M-like (``clustering.benchmark_features``, in blocks of identities so 2M
 rows never need the generator's float64 temporaries at once). Each case also records ``ref_s``, the
-seconds of a fixed torch workload run just before and just after it (``bench.measure.reference_seconds``): this VM's
-speed drifts by up to 2x within an hour, so rows taken at different moments compare through it. The growth exponent is the slope of
-log seconds over log N across every size measured. A case is skipped when the time extrapolated
+seconds of a fixed torch workload run just before and just after it (``bench.measure.reference_seconds``):
+this VM's speed drifts by up to 2x within an hour, so rows taken at different moments compare through it.
+The growth exponent is the slope of log seconds over log N across every size measured. A case is skipped when the time extrapolated
 from the smaller sizes passes ``--budget`` seconds.
 
     python -m bench.cluster_scaling [--sizes 10000 100000] [--stages ...] [--k 80] [--data DIR]

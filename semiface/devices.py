@@ -98,6 +98,11 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device`` (``autocast_dtype`` / ``inference_dtype``); a disabled one when None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 # Inference precision of the clustering transformers: "auto" = autocast_dtype's (reduced on CUDA, float32 on
 # the CPU), "float32" = never reduced, "bfloat16" = bf16 autocast on any device.
 INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from clustering.clusformer.model import ClusformerNet
 from clustering.clusformer.sequences import SequenceBatch, build_sequences, device_features
 from clustering.knn import KnnGraph
 from clustering.pair_stats import NeighbourhoodIndex
-from semiface.devices import autocast_dtype, inference_dtype
+from semiface.devices import autocast_dtype, autocast_to, inference_dtype
 from semiface.errors import DataError
 from semiface.training.checkpoints import data_fingerprint, load_training_state, save_training_state
 from semiface.training.history import EpochCallback, end_of_epoch
@@ -115,7 +114,7 @@ def train_clusformer(
             targets, counted = sequence_targets(batch, labels, device)
             if not counted.any():
                 continue
-            with _autocast(device, amp):
+            with autocast_to(device, amp):
                 logits = model(batch.feats, batch.sims, batch.pad, batch.stats)
             loss = sequence_loss(logits, targets, counted)
             optimizer.zero_grad(set_to_none=True)
@@ -174,7 +173,7 @@ def predict_sequences(
         centres = np.arange(start, min(start + step, n))
         batch = build_sequences(features, knn, centres, config.k, radius_step=config.radius_step, device=device, index=index)
         pad = batch.pad if bool(batch.pad.any()) else None  # no padding: no attention mask, the faster kernel
-        with _autocast(device, amp):
+        with autocast_to(device, amp):
             logits = model(batch.feats, batch.sims, pad, batch.stats)
         score = logits.float().masked_fill(batch.pad, -torch.inf)
         score[:, 0] = torch.inf
@@ -209,10 +208,3 @@ def training_identity(config: ClusformerConfig, feature_dim: int, features: np.n
     """What a training checkpoint must match to be resumed: the settings training reads, the feature
     dimension and the labelled data."""
     return {"settings": training_settings(config), "feature_dim": feature_dim, "data": data_fingerprint(features, labels)}
-
-
-@contextmanager
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """Autocast to ``dtype`` on ``device`` (nothing when None)."""
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        yield

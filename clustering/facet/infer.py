@@ -27,18 +27,13 @@ from clustering.facet.neighbours import enhance_nodes, gather_sequences, sequenc
 from clustering.facet.row_store import RowStore
 from clustering.pair_stats import NeighbourhoodIndex
 from clustering.placement import device_budget, fit_on_device
-from semiface.devices import inference_dtype
+from semiface.devices import autocast_to, inference_dtype
 
 RE_BATCH_FACTOR = 8  # RE sequences are short (hop2 + 1): batch 8x more nodes than LP pivots
 ROW_CHUNK = 65_536  # rows per step where a pass over all N rows is chunked
 # LP pivots per batch on the CPU, at most: the attention scores [B, heads, L, L] of 512 pivots of
 # 151 (~90 MB) leave the cache; 64-128 ran ~25 % faster end to end (2-core EPYC, hop1 150)
 CPU_LP_BATCH = 128
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``dtype`` on ``device`` (``semiface.devices.inference_dtype``), nothing when None."""
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -50,7 +45,7 @@ def enhance_all(
     n = table.shape[0]
     for start in tqdm(range(0, n, batch), desc="facet RE", unit="batch", disable=None, leave=False):
         nodes = torch.arange(start, min(start + batch, n), device=table.device)
-        with autocast(table.device, amp):
+        with autocast_to(table.device, amp):
             g = enhance_nodes(model, features, table, nodes, hop2).float()
         if isinstance(out, Tensor):
             out[start : start + len(nodes)] = g
@@ -71,7 +66,7 @@ def link_scores(
     out = np.zeros((n, min(hop1 + 1, table.shape[1])), dtype=np.float32)
     for start in tqdm(range(0, n, batch), desc="facet LP", unit="batch", disable=None, leave=False):
         pivots = torch.arange(start, min(start + batch, n), device=table.device)
-        with autocast(table.device, amp):
+        with autocast_to(table.device, amp):
             ids, sequence, pad = _lp_inputs(pivots, table, hop1, enhanced)
             stats = pair_stats(pivots, ids) if pair_stats is not None else None
             # no padding in the batch (a full kNN graph): no attention mask, the faster kernel, same math
