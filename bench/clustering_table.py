@@ -152,6 +152,22 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
                                                                       "infomap_weight": "sqrt_odds"}),
         _retune("stack facet+clusformer +infomap (p)", "stack facet+clusformer +infomap", infomap_weight="probability"),
     ), "FaceT's and Clusformer's link log-odds stacked"),
+    Group("trials_baselines", tuple(HarnessRow(f"infomap t{t}", "infomap", {"k": K, "num_trials": t}) for t in (3, 10)),
+          "the Infomap baseline keeping the best of 3 / 10 searches"),
+    Group("trials_gbdt", (
+        HarnessRow("pair_gbdt+infomap t1", "pair_gbdt+infomap", PAIR_GBDT_INFOMAP),
+        *(_retune(f"pair_gbdt+infomap t{t}", "pair_gbdt+infomap t1", infomap_trials=t) for t in (3, 10)),
+    ), "pair_gbdt + Infomap keeping the best of 1 / 3 / 10 searches"),
+    Group("trials_facet", (
+        HarnessRow("facet+infomap t1", "facet+infomap", FACET),
+        *(_retune(f"facet+infomap t{t}", "facet+infomap t1", infomap_trials=t) for t in (3, 10)),
+        *(_retune(f"facet+infomap (p) t{t}", "facet+infomap t1", infomap_weight="probability", infomap_trials=t)
+          for t in (1, 3, 10)),
+    ), "FaceT + Infomap (root odds / probabilities) keeping the best of 1 / 3 / 10 searches"),
+    Group("trials_clusformer", (
+        HarnessRow("clusformer+infomap t1", "clusformer+infomap", CLUSFORMER),
+        *(_retune(f"clusformer+infomap t{t}", "clusformer+infomap t1", infomap_trials=t) for t in (3, 10)),
+    ), "Clusformer + Infomap keeping the best of 1 / 3 / 10 searches"),
 )}
 GROUPS.update(EXPLORATION)
 # What each row adds to the one before it (the table's ablation column).

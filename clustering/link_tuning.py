@@ -72,6 +72,7 @@ def tune_links(
     max_size: int | None = None,
     seed: int = 0,
     link_weight: str = "probability",
+    infomap_trials: int = 1,
     quick: bool = False,
     name: str = "links",
 ) -> LinkTuning:
@@ -89,7 +90,7 @@ def tune_links(
         src, dst, weight = undirected_links(len(labels), ids, scores, rule, floor, logits=True)
         table, tau, tuned = tune_link_threshold(
             labels, heldout, src, dst, weight, taus, tune_on=tune_on, partition=partition, max_size=max_size,
-            seed=seed, link_weight=link_weight, logits=True, quick=quick,
+            seed=seed, link_weight=link_weight, logits=True, quick=quick, infomap_trials=infomap_trials,
         )
         score = (tuned[f"{tune_on}_pairwise_f"] + tuned[f"{tune_on}_bcubed_f"]) / 2
         log.info("%s: link rule %s, tau %.4f (log-odds), tune score %.4f", name, rule, tau, score)

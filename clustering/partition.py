@@ -88,6 +88,14 @@ def partition_links(
     raise ConfigError(f"partition_links: unknown method {method!r}; available: {', '.join(PARTITION_METHODS)}")
 
 
+def search_params(method: str, infomap_trials: int) -> dict[str, int]:
+    """``partition_links`` keywords for ``infomap_trials`` Infomap searches (the one of least code length kept);
+    none for union-find, which has no search to repeat."""
+    if infomap_trials < 1:
+        raise ConfigError(f"infomap_trials must be >= 1, got {infomap_trials}")
+    return {"num_trials": infomap_trials} if method == "infomap" else {}
+
+
 def link_flow(weight: np.ndarray, link_weight: str, *, logits: bool = False) -> np.ndarray:
     """What Infomap is given for links of ``weight`` (probabilities, or log-odds with ``logits``): see ``LINK_WEIGHTS``."""
     if link_weight == "probability":

@@ -49,18 +49,18 @@ def killed_after_steps(monkeypatch):
 
 
 @pytest.fixture
-def link_weights_seen(monkeypatch) -> list[str]:
-    """The ``link_weight`` of every ``partition_links`` call made by the tau search and by FaceT's
-    and Clusformer's clustering (the real function still runs)."""
+def partitions_seen(monkeypatch) -> list[tuple[str, int]]:
+    """(``link_weight``, Infomap trials) of every ``partition_links`` call made by the tau search and by
+    FaceT's and Clusformer's clustering (the real function still runs)."""
     import clustering.evaluate
     import clustering.facet.method
     import clustering.partition
 
     real = clustering.partition.partition_links
-    seen: list[str] = []
+    seen: list[tuple[str, int]] = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("link_weight", "probability"))
+        seen.append((kwargs.get("link_weight", "probability"), kwargs.get("num_trials", 1)))
         return real(*args, **kwargs)
 
     # evaluate and facet.method import the function; Clusformer imports it from its module when called

@@ -264,16 +264,20 @@ def test_drop_below_removes_low_confidence_members():
     np.testing.assert_array_equal(dropped[dropped >= 0], kept[dropped >= 0])
 
 
-def test_infomap_weight_reaches_the_tau_search_and_the_partition(link_weights_seen):
-    """``infomap_weight="odds"`` is used where tau is tuned and where the set is clustered."""
+def test_infomap_weight_and_trials_reach_the_tau_search_and_the_partition(partitions_seen):
+    """``infomap_weight="odds"`` and ``infomap_trials=2`` are used where tau is tuned and where the set is clustered."""
     feats, labels = _blobs(16, 8, spread=0.8)
-    method = _small_method("clusformer+infomap", epochs=1, infomap_weight="odds").fit(feats, labels)
-    tuning = len(link_weights_seen)
+    method = _small_method("clusformer+infomap", epochs=1, infomap_weight="odds", infomap_trials=2).fit(feats, labels)
+    tuning = len(partitions_seen)
     test_feats, _ = _blobs(10, 8, spread=0.8, seed=5)
     method.fit_predict(test_feats, build_knn(test_feats, 10))
-    assert tuning > 0 and len(link_weights_seen) == tuning + 1 and set(link_weights_seen) == {"odds"}
+    assert tuning > 0 and len(partitions_seen) == tuning + 1 and {weight for weight, _ in partitions_seen} == {"odds"}
+    # epochs are scored with one search; the final tuning and the clustering run two
+    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t in partitions_seen} == {1, 2}
     with pytest.raises(ConfigError, match="infomap_weight"):
         make_method("clusformer", infomap_weight="logit")
+    with pytest.raises(ConfigError, match="infomap_trials"):
+        make_method("clusformer", infomap_trials=0)
 
 
 def test_clusformer_plus_infomap_partitions_the_learned_links():

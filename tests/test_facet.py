@@ -209,17 +209,22 @@ def test_facet_with_infomap_partition_clusters_separable_identities() -> None:
     assert evaluate_partition(test_labels, predicted)["pairwise_f"] > 0.85
 
 
-def test_infomap_weight_reaches_the_tau_search_and_the_partition(link_weights_seen) -> None:
-    """``infomap_weight="odds"``: the links are weighed by their odds both where tau is tuned and
-    where the set is clustered."""
+def test_infomap_weight_and_trials_reach_the_tau_search_and_the_partition(partitions_seen) -> None:
+    """``infomap_weight="odds"``, ``infomap_trials=2``: the links are weighed by their odds, and Infomap
+    searches twice, both where tau is tuned and where the set is clustered."""
     features, labels = blobs(12, 8, noise=0.3)
-    method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25, infomap_weight="odds")
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25, infomap_weight="odds",
+                         infomap_trials=2)
     method.fit(features, labels)
-    tuning = len(link_weights_seen)
+    tuning = len(partitions_seen)
     method.fit_predict(*blobs(10, 8, noise=0.3, seed=5)[:1], None)
-    assert tuning > 0 and len(link_weights_seen) == tuning + 1 and set(link_weights_seen) == {"odds"}
+    assert tuning > 0 and len(partitions_seen) == tuning + 1 and {weight for weight, _ in partitions_seen} == {"odds"}
+    # epochs are scored with one search; the final tuning and the clustering run two
+    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t in partitions_seen} == {1, 2}
     with pytest.raises(ConfigError, match="infomap_weight must be one of"):
         make_method("facet", infomap_weight="logit")
+    with pytest.raises(ConfigError, match="infomap_trials must be >= 1"):
+        make_method("facet", infomap_trials=0)
 
 
 def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tmp_path) -> None:

@@ -87,3 +87,30 @@ def test_the_epoch_score_sees_merges_into_trained_identities() -> None:
     weight = np.where(labels[src] == labels[dst], 5.0, 6.0).astype(np.float32)
     _, tau, scores = tune_link_threshold(labels, heldout, src, dst, weight, [4.0], logits=True)
     assert tau == 4.0 and scores["heldout_pairwise_f"] < 0.8 and scores["all_pairwise_f"] < 0.8
+
+
+def test_every_infomap_search_of_a_tuning_runs_the_configured_trials(monkeypatch) -> None:
+    """``infomap_trials`` reaches each partition of the sweep and the final one; union-find runs no
+    search, and a trial count under 1 is refused."""
+    import infomap
+
+    from clustering.partition import search_params
+
+    trials: list[int] = []
+    original = infomap.Infomap.__init__
+
+    def spy(self, *args, **kwargs):
+        trials.append(kwargs["num_trials"])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(infomap.Infomap, "__init__", spy)
+    labels, ids, scores = _saturated_rows()
+    tuning = tune_links(labels, labels >= 30, ids, scores, ("average",), partition="infomap", infomap_trials=3)
+    assert len(trials) > 10 and set(trials) == {3}
+    assert tuning.scores["all_pairwise_f"] == 1.0
+    trials.clear()
+    tune_links(labels, labels >= 30, ids, scores, ("average",), infomap_trials=3)
+    assert trials == []
+    assert search_params("union_find", 3) == {} and search_params("infomap", 3) == {"num_trials": 3}
+    with pytest.raises(ConfigError, match="infomap_trials must be >= 1"):
+        tune_links(labels, labels >= 30, ids, scores, ("average",), partition="infomap", infomap_trials=0)

@@ -95,8 +95,12 @@ def test_pair_gbdt_tunes_like_facet_and_retunes_without_refitting(splits, caplog
     import logging
 
     method = make_method("pair_gbdt", k=20, max_iter=50, tune_samples=400).fit(splits.train_features, splits.train_labels)
-    infomap = method.retuned(splits.train_features, splits.train_labels, partition="infomap", infomap_weight="sqrt_odds")
+    infomap = method.retuned(splits.train_features, splits.train_labels, partition="infomap", infomap_weight="sqrt_odds",
+                             infomap_trials=2)
     assert infomap.model_ is method.model_ and infomap.partition == "infomap" and method.partition == "union_find"
+    assert infomap.infomap_trials == 2 and len(np.unique(infomap.fit_predict(splits.test_features[0], None))) > 1
+    with pytest.raises(ConfigError, match="infomap_trials must be >= 1"):
+        make_method("pair_gbdt", infomap_trials=0)
     again = method.retuned(splits.train_features, splits.train_labels)
     assert (again.tau_, again.link_rule_) == (method.tau_, method.link_rule_)
     with pytest.raises(ConfigError, match="max_iter change the trees"):

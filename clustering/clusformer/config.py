@@ -90,6 +90,9 @@ class ClusformerConfig:
     link_rule: str = after_training("average")
     # how Infomap weighs a link: its probability or its odds (clustering.partition.LINK_WEIGHTS)
     infomap_weight: str = after_training("probability")
+    # Infomap searches per partition, the one of least code length kept (clustering.partition.search_params),
+    # where tau is tuned after training and where a set is clustered (an epoch's quick score uses one)
+    infomap_trials: int = after_training(1)
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``tau_``)
     tau: float | None = after_training(None)
     # probabilities to tune tau over; None: quantiles of the validation link log-odds, refined
@@ -122,7 +125,7 @@ class ClusformerConfig:
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
         for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
-                     "batch_size", "infer_batch_size", "min_size", "tune_samples", "epoch_val_samples"):
+                     "batch_size", "infer_batch_size", "min_size", "tune_samples", "epoch_val_samples", "infomap_trials"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"clusformer: {name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:

@@ -98,6 +98,7 @@ class Clusformer(TunedLinks, Clusterer):
         partition: str | None = None,
         link_rule: str | None = None,
         infomap_weight: str | None = None,
+        infomap_trials: int | None = None,
         tau: float | None = None,
         taus: tuple[float, ...] | list[float] | None = None,
         tune_on: str | None = None,
@@ -213,7 +214,7 @@ class Clusformer(TunedLinks, Clusterer):
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
-        from clustering.partition import partition_links
+        from clustering.partition import partition_links, search_params
 
         cfg = self.config
         n = features.shape[0]
@@ -222,6 +223,7 @@ class Clusformer(TunedLinks, Clusterer):
         labels = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True,
+            **search_params(cfg.partition, cfg.infomap_trials),
         )
         confidence = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         if cfg.drop_below is not None:
@@ -300,15 +302,16 @@ class _Validator:
             method, features, labels, heldout, graph, device)
 
     def tune(self, model: ClusformerNet, final: bool) -> LinkTuning:
-        """The rule and tau of ``model``'s links: every rule to try with a full search (``final``), or
-        the epoch rule with a quick one."""
+        """The rule and tau of ``model``'s links: every rule to try with a full search and the configured
+        Infomap trials (``final``), or the epoch rule with a quick one and one trial."""
         cfg = self.method.config
         taus = [cfg.tau] if cfg.tau is not None else cfg.taus
         ids, scores = predict_sequences(model, self.features, self.graph, cfg, self.device)
         return tune_links(
             self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
             None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
-            max_size=cfg.max_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=not final, name="clusformer",
+            max_size=cfg.max_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
+            infomap_trials=cfg.infomap_trials if final else 1, quick=not final, name="clusformer",
         )
 
     def __call__(self, model: ClusformerNet) -> dict[str, float]:

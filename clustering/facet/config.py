@@ -88,6 +88,9 @@ class FaceTConfig:
     # plain Infomap on three draws of generated features by +2.2 / +1.6 / +1.4 FP instead of +1.8 / -0.0
     # / -0.6; on real faces it lost 0.5-1.8 FP and gained 0.3-0.9 BCubed F (docs/experiments/clustering.md, "Clustering on real faces").
     infomap_weight: str = after_training("sqrt_odds")
+    # Infomap searches per partition, the one of least code length kept (clustering.partition.search_params),
+    # where tau is tuned after training and where a set is clustered (an epoch's quick score uses one)
+    infomap_trials: int = after_training(1)
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``FaceT.tau_``)
     tau: float | None = after_training(None)
     max_cluster_size: int | None = after_training(None)
@@ -147,6 +150,7 @@ class FaceTConfig:
             (self.infomap_weight in LINK_WEIGHTS, f"infomap_weight must be one of {LINK_WEIGHTS}, got {self.infomap_weight!r}"),
             (self.tune_on in ("heldout", "all"), f"tune_on must be heldout or all, got {self.tune_on!r}"),
             (self.link_rule in RULE_CHOICES, f"link_rule must be one of {RULE_CHOICES}, got {self.link_rule!r}"),
+            (self.infomap_trials >= 1, f"infomap_trials must be >= 1, got {self.infomap_trials}"),
             (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
             (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),

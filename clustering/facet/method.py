@@ -30,7 +30,7 @@ from clustering.link_tuning import (
 )
 from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
-from clustering.partition import partition_links
+from clustering.partition import partition_links, search_params
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -202,6 +202,7 @@ class FaceT(TunedLinks, Clusterer):
         labels = partition_links(
             len(features), src, dst, score, method=cfg.partition, tau=self.tau, max_size=cfg.max_cluster_size,
             min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, logits=True,
+            **search_params(cfg.partition, cfg.infomap_trials),
         )
         self.confidence_ = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         return labels
@@ -285,15 +286,16 @@ class _Validator:
         self.method, self.features, self.labels, self.neighbours, self.heldout = method, features, labels, neighbourhood, heldout
 
     def tune(self, model: FaceTModel, final: bool) -> LinkTuning:
-        """The rule and tau of ``model``'s links: every rule to try with a full search (``final``), or
-        the epoch rule with a quick one."""
+        """The rule and tau of ``model``'s links: every rule to try with a full search and the configured
+        Infomap trials (``final``), or the epoch rule with a quick one and one trial."""
         cfg = self.method.config
         taus = [cfg.tau] if cfg.tau is not None else cfg.tau_grid
         ids, scores = self.method._directed(model, self.features, self.neighbours)
         return tune_links(
             self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
             None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
-            max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, quick=not final, name="facet",
+            max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
+            infomap_trials=cfg.infomap_trials if final else 1, quick=not final, name="facet",
         )
 
     def __call__(self, model: FaceTModel) -> dict:
