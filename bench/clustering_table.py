@@ -93,8 +93,11 @@ class Group:
     what: str
 
 
+MARKOV_TIMES = (1.25, 1.5, 2.0)  # Infomap Markov times the markov_* exploration groups try
+
+
 def _one_search(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with Infomap's default of one search (how the trials_* groups ran their base rows)."""
+    """``params`` with Infomap's default of one search (how the trials_* and markov_* groups run their base rows)."""
     return {key: value for key, value in params.items() if key != "infomap_trials"}
 
 
@@ -179,6 +182,22 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
         HarnessRow("clusformer+infomap t1", "clusformer+infomap", _one_search(CLUSFORMER)),
         *(_retune(f"clusformer+infomap t{t}", "clusformer+infomap t1", infomap_trials=t) for t in (3, 10)),
     ), "Clusformer + Infomap keeping the best of 1 / 3 / 10 searches"),
+    Group("markov_baselines", tuple(HarnessRow(f"infomap m{m}", "infomap", {"k": K, "markov_time": m}) for m in MARKOV_TIMES),
+          "the Infomap baseline at Markov times over 1 (fewer, larger modules)"),
+    Group("markov_gbdt", (
+        HarnessRow("pair_gbdt+infomap m1", "pair_gbdt+infomap", _one_search(PAIR_GBDT_INFOMAP)),
+        *(_retune(f"pair_gbdt+infomap m{m}", "pair_gbdt+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+    ), "pair_gbdt + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
+    Group("markov_facet", (
+        HarnessRow("facet+infomap m1", "facet+infomap", _one_search(FACET)),
+        *(_retune(f"facet+infomap m{m}", "facet+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+        *(_retune(f"facet+infomap (p) m{m}", "facet+infomap m1", infomap_weight="probability", infomap_markov_time=m)
+          for m in (1.0, *MARKOV_TIMES)),
+    ), "FaceT + Infomap (root odds / probabilities) at Markov times 1 / 1.25 / 1.5 / 2"),
+    Group("markov_clusformer", (
+        HarnessRow("clusformer+infomap m1", "clusformer+infomap", _one_search(CLUSFORMER)),
+        *(_retune(f"clusformer+infomap m{m}", "clusformer+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+    ), "Clusformer + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
 )}
 GROUPS.update(EXPLORATION)
 # What each row adds to the one before it (the table's ablation column).

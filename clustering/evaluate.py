@@ -23,7 +23,7 @@ import pandas as pd
 from clustering.base import make_method
 from clustering.knn import build_knn
 from clustering.metrics import evaluate_partition, singletons_for_unclustered
-from clustering.partition import partition_links, search_params
+from clustering.partition import ONE_SEARCH, InfomapSearch, partition_links
 from clustering.thresholds import COARSE_COUNT, REFINE_COUNT, quantile_candidates, two_stage_search
 from semiface.atomic import atomic_open, save_json
 from semiface.cli import parse_assignment
@@ -47,7 +47,7 @@ def sweep_threshold(
     heldout: np.ndarray | None = None,
     candidates: int = COARSE_COUNT,
     refine: int = REFINE_COUNT,
-    infomap_trials: int = 1,
+    infomap: InfomapSearch = ONE_SEARCH,
 ) -> tuple[pd.DataFrame, float]:
     """Partition the links at every tau and score it against ``labels``; return (table, best tau).
 
@@ -56,8 +56,8 @@ def sweep_threshold(
     tau (pairwise and BCubed P/R/F, NMI, cluster counts); the best tau maximises the mean of
     pairwise F and BCubed F (ties: the smallest tau). ``heldout`` (bool [n]): score only those rows,
     within the partition of all rows (``heldout_scores``). ``link_weight`` and ``logits`` (weights
-    and taus are log-odds): see ``partition_links``. ``infomap_trials``: Infomap searches per partition
-    (``search_params``).
+    and taus are log-odds): see ``partition_links``. ``infomap``: how Infomap searches
+    (``InfomapSearch``; union-find ignores it).
     """
     labels = np.asarray(labels)
     if labels.shape != (n,):
@@ -65,7 +65,7 @@ def sweep_threshold(
     if taus is not None and len(taus) == 0:
         raise ConfigError("sweep_threshold: no tau to try (empty taus)")
 
-    search = search_params(partition, infomap_trials)
+    search = infomap.params(partition)
 
     def score(thresholds: list[float]) -> list[dict]:
         partitions = (partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed,
@@ -138,7 +138,7 @@ def tune_link_threshold(
     link_weight: str = "probability",
     logits: bool = False,
     quick: bool = False,
-    infomap_trials: int = 1,
+    infomap: InfomapSearch = ONE_SEARCH,
 ) -> tuple[pd.DataFrame, float, dict[str, float]]:
     """Tau for a learned linkage from the links of the whole labelled set; (sweep table, tau, scores).
 
@@ -149,7 +149,7 @@ def tune_link_threshold(
     score higher than unseen ones' and pull tau down). ``scores``: pairwise / BCubed F of the
     held-out rows and of the whole set at the chosen tau. ``quick``: fewer candidates and a shorter
     refinement (per-epoch validation: each candidate is one partition). ``link_weight`` and
-    ``logits``: see ``partition_links``; ``infomap_trials``: ``search_params``.
+    ``logits``: see ``partition_links``; ``infomap``: ``sweep_threshold``.
     """
     if tune_on not in TUNE_ON:
         raise ConfigError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {tune_on!r}")
@@ -157,11 +157,11 @@ def tune_link_threshold(
     n = len(labels)
     search = {"partition": partition, "max_size": max_size, "seed": seed, "link_weight": link_weight, "logits": logits,
               "candidates": QUICK_CANDIDATES if quick else COARSE_COUNT, "refine": QUICK_REFINE if quick else REFINE_COUNT,
-              "infomap_trials": infomap_trials}
+              "infomap": infomap}
     table, tau = sweep_threshold(labels, n, src, dst, weight, taus, heldout=heldout if tune_on == "heldout" else None,
                                  **search)
     pred = partition_links(n, src, dst, weight, method=partition, tau=tau, max_size=max_size, seed=seed,
-                           link_weight=link_weight, logits=logits, **search_params(partition, infomap_trials))
+                           link_weight=link_weight, logits=logits, **infomap.params(partition))
     all_scores, held_scores = evaluate_partition(labels, pred), heldout_scores(labels, pred, heldout)
     return table, tau, {
         "all_pairwise_f": float(all_scores["pairwise_f"]), "all_bcubed_f": float(all_scores["bcubed_f"]),

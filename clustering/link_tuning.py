@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clustering.links import LINK_RULES, undirected_links
+from clustering.partition import ONE_SEARCH, InfomapSearch
 from semiface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def tune_links(
     max_size: int | None = None,
     seed: int = 0,
     link_weight: str = "probability",
-    infomap_trials: int = 1,
+    infomap: InfomapSearch = ONE_SEARCH,
     quick: bool = False,
     name: str = "links",
 ) -> LinkTuning:
@@ -90,7 +91,7 @@ def tune_links(
         src, dst, weight = undirected_links(len(labels), ids, scores, rule, floor, logits=True)
         table, tau, tuned = tune_link_threshold(
             labels, heldout, src, dst, weight, taus, tune_on=tune_on, partition=partition, max_size=max_size,
-            seed=seed, link_weight=link_weight, logits=True, quick=quick, infomap_trials=infomap_trials,
+            seed=seed, link_weight=link_weight, logits=True, quick=quick, infomap=infomap,
         )
         score = (tuned[f"{tune_on}_pairwise_f"] + tuned[f"{tune_on}_bcubed_f"]) / 2
         log.info("%s: link rule %s, tau %.4f (log-odds), tune score %.4f", name, rule, tau, score)

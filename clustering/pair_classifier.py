@@ -28,7 +28,7 @@ from clustering.knn import KnnGraph
 from clustering.link_tuning import EPOCH_RULE, RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
 from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import NeighbourhoodIndex
-from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, partition_links, search_params
+from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, InfomapSearch, partition_links
 from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -39,7 +39,7 @@ FORMAT = "semiface-pair-gbdt/2"  # 2: tau_ is log-odds, the rule may be tuned
 _CHUNK = 4096  # centres per statistics batch
 # Settings that do not change the trees (``retuned`` may change them).
 AFTER_TRAINING = frozenset({"tau", "tune_samples", "tune_on", "partition", "link_rule", "infomap_weight",
-                            "infomap_trials", "max_size", "min_size"})
+                            "infomap_trials", "infomap_markov_time", "max_size", "min_size"})
 
 
 def edge_statistics(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,8 @@ class PairGbdt(Clusterer):
     partition: str = "union_find"
     link_rule: str = TUNED_RULE
     infomap_weight: str = "probability"
-    infomap_trials: int = 1  # Infomap searches per partition (clustering.partition.search_params)
+    infomap_trials: int = 1  # Infomap's searches and Markov time (clustering.partition.InfomapSearch)
+    infomap_markov_time: float = 1.0
     max_size: int | None = None
     min_size: int = 1
     seed: int = 0
@@ -84,7 +85,7 @@ class PairGbdt(Clusterer):
         if self.k < 2 or not 0.0 <= self.val_fraction < 1.0 or self.tune_samples < 1:
             raise ConfigError(f"pair_gbdt: k must be >= 2, val_fraction in [0, 1) and tune_samples >= 1, got "
                               f"{self.k}, {self.val_fraction}, {self.tune_samples}")
-        search_params(self.partition, self.infomap_trials)  # refuses a trial count under 1
+        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
         if self.max_iter < 1 or self.learning_rate <= 0 or self.max_leaf_nodes < 2:
             raise ConfigError(f"pair_gbdt: max_iter >= 1, learning_rate > 0 and max_leaf_nodes >= 2, got "
                               f"{self.max_iter}, {self.learning_rate}, {self.max_leaf_nodes}")
@@ -97,6 +98,10 @@ class PairGbdt(Clusterer):
             raise ConfigError(f"pair_gbdt: tau must be a probability in [0, 1) or None, got {self.tau}")
         self.model_ = None
         self.link_rule_: str | None = None
+
+    def infomap_search(self) -> InfomapSearch:
+        """How Infomap partitions the links."""
+        return InfomapSearch(self.infomap_trials, self.infomap_markov_time)
 
     @property
     def threshold(self) -> float:
@@ -162,7 +167,7 @@ class PairGbdt(Clusterer):
         tuning = tune_links(labels[rows], heldout[rows], ids, scores, rules_to_try(self.link_rule, True),
                             None if self.tau is None else [log_odds(self.tau)], tune_on=self.tune_on,
                             partition=self.partition, max_size=self.max_size, seed=self.seed,
-                            link_weight=self.infomap_weight, infomap_trials=self.infomap_trials, name="pair_gbdt")
+                            link_weight=self.infomap_weight, infomap=self.infomap_search(), name="pair_gbdt")
         self.tau_ = tuning.tau
         self.link_rule_ = tuning.rule if self.link_rule == TUNED_RULE else None
 
@@ -180,7 +185,7 @@ class PairGbdt(Clusterer):
         labels = partition_links(n, src, dst, weight, method=self.partition, tau=self.threshold,
                                  max_size=self.max_size, min_size=self.min_size, seed=self.seed,
                                  link_weight=self.infomap_weight, logits=True,
-                                 **search_params(self.partition, self.infomap_trials))
+                                 **self.infomap_search().params(self.partition))
         self.confidence_ = cluster_confidence(labels, ids, scores, self.rule, logits=True)
         return labels
 

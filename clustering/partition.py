@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,12 +89,25 @@ def partition_links(
     raise ConfigError(f"partition_links: unknown method {method!r}; available: {', '.join(PARTITION_METHODS)}")
 
 
-def search_params(method: str, infomap_trials: int) -> dict[str, int]:
-    """``partition_links`` keywords for ``infomap_trials`` Infomap searches (the one of least code length kept);
-    none for union-find, which has no search to repeat."""
-    if infomap_trials < 1:
-        raise ConfigError(f"infomap_trials must be >= 1, got {infomap_trials}")
-    return {"num_trials": infomap_trials} if method == "infomap" else {}
+@dataclass(frozen=True)
+class InfomapSearch:
+    """How Infomap partitions learned links (``infomap_partition``): ``trials`` searches, the one of least
+    code length kept; ``markov_time`` > 1 favours fewer, larger modules."""
+
+    trials: int = 1
+    markov_time: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or not self.markov_time > 0:
+            raise ConfigError(f"infomap_trials must be >= 1 and infomap_markov_time > 0, got {self.trials} and "
+                              f"{self.markov_time}")
+
+    def params(self, method: str) -> dict[str, float]:
+        """``partition_links`` keywords of this search for ``method``: none for union-find, which has no search."""
+        return {"num_trials": self.trials, "markov_time": self.markov_time} if method == "infomap" else {}
+
+
+ONE_SEARCH = InfomapSearch()  # Infomap's own defaults: one search, Markov time 1
 
 
 def link_flow(weight: np.ndarray, link_weight: str, *, logits: bool = False) -> np.ndarray:

@@ -49,18 +49,18 @@ def killed_after_steps(monkeypatch):
 
 
 @pytest.fixture
-def partitions_seen(monkeypatch) -> list[tuple[str, int]]:
-    """(``link_weight``, Infomap trials) of every ``partition_links`` call made by the tau search and by
+def partitions_seen(monkeypatch) -> list[tuple[str, int, float]]:
+    """(``link_weight``, Infomap trials, Markov time) of every ``partition_links`` call made by the tau search and by
     FaceT's and Clusformer's clustering (the real function still runs)."""
     import clustering.evaluate
     import clustering.facet.method
     import clustering.partition
 
     real = clustering.partition.partition_links
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, float]] = []
 
     def spy(*args, **kwargs):
-        seen.append((kwargs.get("link_weight", "probability"), kwargs.get("num_trials", 1)))
+        seen.append((kwargs.get("link_weight", "probability"), kwargs.get("num_trials", 1), kwargs.get("markov_time", 1.0)))
         return real(*args, **kwargs)
 
     # evaluate and facet.method import the function; Clusformer imports it from its module when called

@@ -265,15 +265,17 @@ def test_drop_below_removes_low_confidence_members():
 
 
 def test_infomap_weight_and_trials_reach_the_tau_search_and_the_partition(partitions_seen):
-    """``infomap_weight="odds"`` and ``infomap_trials=2`` are used where tau is tuned and where the set is clustered."""
+    """``infomap_weight="odds"``, ``infomap_trials=2`` and ``infomap_markov_time=1.25`` are used where tau is tuned and where the set is clustered."""
     feats, labels = _blobs(16, 8, spread=0.8)
-    method = _small_method("clusformer+infomap", epochs=1, infomap_weight="odds", infomap_trials=2).fit(feats, labels)
+    method = _small_method("clusformer+infomap", epochs=1, infomap_weight="odds", infomap_trials=2,
+                           infomap_markov_time=1.25).fit(feats, labels)
     tuning = len(partitions_seen)
     test_feats, _ = _blobs(10, 8, spread=0.8, seed=5)
     method.fit_predict(test_feats, build_knn(test_feats, 10))
-    assert tuning > 0 and len(partitions_seen) == tuning + 1 and {weight for weight, _ in partitions_seen} == {"odds"}
+    assert tuning > 0 and len(partitions_seen) == tuning + 1
+    assert {(weight, markov_time) for weight, _, markov_time in partitions_seen} == {("odds", 1.25)}
     # epochs are scored with one search; the final tuning and the clustering run two
-    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t in partitions_seen} == {1, 2}
+    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t, _ in partitions_seen} == {1, 2}
     with pytest.raises(ConfigError, match="infomap_weight"):
         make_method("clusformer", infomap_weight="logit")
     with pytest.raises(ConfigError, match="infomap_trials"):

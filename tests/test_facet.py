@@ -210,17 +210,19 @@ def test_facet_with_infomap_partition_clusters_separable_identities() -> None:
 
 
 def test_infomap_weight_and_trials_reach_the_tau_search_and_the_partition(partitions_seen) -> None:
-    """``infomap_weight="odds"``, ``infomap_trials=2``: the links are weighed by their odds, and Infomap
-    searches twice, both where tau is tuned and where the set is clustered."""
+    """``infomap_weight="odds"``, ``infomap_trials=2``, ``infomap_markov_time=1.25``: the links are weighed by
+    their odds, and Infomap searches twice at Markov time 1.25, both where tau is tuned and where the set is
+    clustered."""
     features, labels = blobs(12, 8, noise=0.3)
     method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25, infomap_weight="odds",
-                         infomap_trials=2)
+                         infomap_trials=2, infomap_markov_time=1.25)
     method.fit(features, labels)
     tuning = len(partitions_seen)
     method.fit_predict(*blobs(10, 8, noise=0.3, seed=5)[:1], None)
-    assert tuning > 0 and len(partitions_seen) == tuning + 1 and {weight for weight, _ in partitions_seen} == {"odds"}
+    assert tuning > 0 and len(partitions_seen) == tuning + 1
+    assert {(weight, markov_time) for weight, _, markov_time in partitions_seen} == {("odds", 1.25)}
     # epochs are scored with one search; the final tuning and the clustering run two
-    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t in partitions_seen} == {1, 2}
+    assert partitions_seen[0][1] == 1 and partitions_seen[-1][1] == 2 and {t for _, t, _ in partitions_seen} == {1, 2}
     with pytest.raises(ConfigError, match="infomap_weight must be one of"):
         make_method("facet", infomap_weight="logit")
     with pytest.raises(ConfigError, match="infomap_trials must be >= 1"):

@@ -89,28 +89,29 @@ def test_the_epoch_score_sees_merges_into_trained_identities() -> None:
     assert tau == 4.0 and scores["heldout_pairwise_f"] < 0.8 and scores["all_pairwise_f"] < 0.8
 
 
-def test_every_infomap_search_of_a_tuning_runs_the_configured_trials(monkeypatch) -> None:
-    """``infomap_trials`` reaches each partition of the sweep and the final one; union-find runs no
-    search, and a trial count under 1 is refused."""
+def test_every_infomap_partition_of_a_tuning_runs_the_configured_search(monkeypatch) -> None:
+    """``InfomapSearch`` (trials, Markov time) reaches each partition of the sweep and the final one;
+    union-find runs no search, and trials under 1 or a Markov time <= 0 are refused."""
     import infomap
 
-    from clustering.partition import search_params
+    from clustering.partition import InfomapSearch
 
-    trials: list[int] = []
+    searches: list[tuple[int, float]] = []
     original = infomap.Infomap.__init__
 
     def spy(self, *args, **kwargs):
-        trials.append(kwargs["num_trials"])
+        searches.append((kwargs["num_trials"], kwargs["markov_time"]))
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(infomap.Infomap, "__init__", spy)
     labels, ids, scores = _saturated_rows()
-    tuning = tune_links(labels, labels >= 30, ids, scores, ("average",), partition="infomap", infomap_trials=3)
-    assert len(trials) > 10 and set(trials) == {3}
+    search = InfomapSearch(trials=3, markov_time=1.25)
+    tuning = tune_links(labels, labels >= 30, ids, scores, ("average",), partition="infomap", infomap=search)
+    assert len(searches) > 10 and set(searches) == {(3, 1.25)}
     assert tuning.scores["all_pairwise_f"] == 1.0
-    trials.clear()
-    tune_links(labels, labels >= 30, ids, scores, ("average",), infomap_trials=3)
-    assert trials == []
-    assert search_params("union_find", 3) == {} and search_params("infomap", 3) == {"num_trials": 3}
-    with pytest.raises(ConfigError, match="infomap_trials must be >= 1"):
-        tune_links(labels, labels >= 30, ids, scores, ("average",), partition="infomap", infomap_trials=0)
+    searches.clear()
+    tune_links(labels, labels >= 30, ids, scores, ("average",), infomap=search)
+    assert searches == [] and search.params("union_find") == {}
+    for trials, markov_time in ((0, 1.0), (1, 0.0)):
+        with pytest.raises(ConfigError, match="infomap_trials must be >= 1 and infomap_markov_time > 0"):
+            InfomapSearch(trials, markov_time)

@@ -7,7 +7,7 @@ from typing import Any
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
-from clustering.partition import LINK_WEIGHTS
+from clustering.partition import LINK_WEIGHTS, InfomapSearch
 from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError
 from semiface.training.settings import after_training
@@ -90,9 +90,9 @@ class ClusformerConfig:
     link_rule: str = after_training("average")
     # how Infomap weighs a link: its probability or its odds (clustering.partition.LINK_WEIGHTS)
     infomap_weight: str = after_training("probability")
-    # Infomap searches per partition, the one of least code length kept (clustering.partition.search_params),
-    # where tau is tuned after training and where a set is clustered (an epoch's quick score uses one)
+    # Infomap's searches and Markov time (see FaceTConfig and clustering.partition.InfomapSearch)
     infomap_trials: int = after_training(1)
+    infomap_markov_time: float = after_training(1.0)
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``tau_``)
     tau: float | None = after_training(None)
     # probabilities to tune tau over; None: quantiles of the validation link log-odds, refined
@@ -107,7 +107,12 @@ class ClusformerConfig:
     # faster on a CPU with bf16 instructions (logits within ~0.02, 0.03 % of links across tau at 250K)
     inference_precision: str = after_training("auto")
 
+    def infomap_search(self, final: bool = True) -> InfomapSearch:
+        """How Infomap searches: with the configured trials (``final``), or once (an epoch's quick score)."""
+        return InfomapSearch(self.infomap_trials if final else 1, self.infomap_markov_time)
+
     def __post_init__(self) -> None:
+        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
         if self.k < 2:
             raise ConfigError(f"clusformer: k must be >= 2 (centre + neighbours), got {self.k}")
         if self.radius_step is not None and not 0 < self.radius_step <= 2:
@@ -125,7 +130,7 @@ class ClusformerConfig:
         if self.d_model % self.nhead:
             raise ConfigError(f"clusformer: d_model {self.d_model} is not divisible by nhead {self.nhead}")
         for name in ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
-                     "batch_size", "infer_batch_size", "min_size", "tune_samples", "epoch_val_samples", "infomap_trials"):
+                     "batch_size", "infer_batch_size", "min_size", "tune_samples", "epoch_val_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"clusformer: {name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:

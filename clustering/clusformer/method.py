@@ -99,6 +99,7 @@ class Clusformer(TunedLinks, Clusterer):
         link_rule: str | None = None,
         infomap_weight: str | None = None,
         infomap_trials: int | None = None,
+        infomap_markov_time: float | None = None,
         tau: float | None = None,
         taus: tuple[float, ...] | list[float] | None = None,
         tune_on: str | None = None,
@@ -214,7 +215,7 @@ class Clusformer(TunedLinks, Clusterer):
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
-        from clustering.partition import partition_links, search_params
+        from clustering.partition import partition_links
 
         cfg = self.config
         n = features.shape[0]
@@ -223,7 +224,7 @@ class Clusformer(TunedLinks, Clusterer):
         labels = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True,
-            **search_params(cfg.partition, cfg.infomap_trials),
+            **cfg.infomap_search().params(cfg.partition),
         )
         confidence = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         if cfg.drop_below is not None:
@@ -311,7 +312,7 @@ class _Validator:
             self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
             None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
             max_size=cfg.max_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
-            infomap_trials=cfg.infomap_trials if final else 1, quick=not final, name="clusformer",
+            infomap=cfg.infomap_search(final), quick=not final, name="clusformer",
         )
 
     def __call__(self, model: ClusformerNet) -> dict[str, float]:

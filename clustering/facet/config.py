@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
-from clustering.partition import LINK_WEIGHTS
+from clustering.partition import LINK_WEIGHTS, InfomapSearch
 from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.settings import after_training
@@ -88,9 +88,11 @@ class FaceTConfig:
     # plain Infomap on three draws of generated features by +2.2 / +1.6 / +1.4 FP instead of +1.8 / -0.0
     # / -0.6; on real faces it lost 0.5-1.8 FP and gained 0.3-0.9 BCubed F (docs/experiments/clustering.md, "Clustering on real faces").
     infomap_weight: str = after_training("sqrt_odds")
-    # Infomap searches per partition, the one of least code length kept (clustering.partition.search_params),
-    # where tau is tuned after training and where a set is clustered (an epoch's quick score uses one)
+    # Infomap searches per partition, the one of least code length kept, where tau is tuned after training and
+    # where a set is clustered (an epoch's quick score uses one); Infomap's Markov time (> 1: fewer, larger
+    # modules). See clustering.partition.InfomapSearch.
     infomap_trials: int = after_training(1)
+    infomap_markov_time: float = after_training(1.0)
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``FaceT.tau_``)
     tau: float | None = after_training(None)
     max_cluster_size: int | None = after_training(None)
@@ -141,7 +143,12 @@ class FaceTConfig:
     def replace(self, **changes: object) -> FaceTConfig:
         return dataclasses.replace(self, **changes)
 
+    def infomap_search(self, final: bool = True) -> InfomapSearch:
+        """How Infomap searches: with the configured trials (``final``), or once (an epoch's quick score)."""
+        return InfomapSearch(self.infomap_trials if final else 1, self.infomap_markov_time)
+
     def __post_init__(self) -> None:
+        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
         checks = [
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
             (self.edge_embedding in EDGE_EMBEDDINGS, f"edge_embedding must be one of {EDGE_EMBEDDINGS}, got {self.edge_embedding!r}"),
@@ -150,7 +157,6 @@ class FaceTConfig:
             (self.infomap_weight in LINK_WEIGHTS, f"infomap_weight must be one of {LINK_WEIGHTS}, got {self.infomap_weight!r}"),
             (self.tune_on in ("heldout", "all"), f"tune_on must be heldout or all, got {self.tune_on!r}"),
             (self.link_rule in RULE_CHOICES, f"link_rule must be one of {RULE_CHOICES}, got {self.link_rule!r}"),
-            (self.infomap_trials >= 1, f"infomap_trials must be >= 1, got {self.infomap_trials}"),
             (self.hop1 >= 1 and self.hop2 >= 1, f"hop1 and hop2 must be >= 1, got {self.hop1}, {self.hop2}"),
             (self.depth >= 1 and self.heads >= 1 and self.head_dim >= 1 and self.ff_dim >= 1, "depth, heads, head_dim, ff_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
