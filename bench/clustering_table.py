@@ -61,11 +61,9 @@ GRAPH_K = 31  # the harness graph: deep enough for the pair statistics (30 neigh
 
 THRESHOLD_BASELINES = ("knn_uf", "infomap", "hac", "dbscan")
 PAIR_MODELS = ("pair_gbdt", "pair_gbdt+infomap")
-BASELINES = THRESHOLD_BASELINES + PAIR_MODELS
+# the pair model with the Markov time chosen for it (group markov_chosen_gbdt, where it ran) is a baseline too
+BASELINES = THRESHOLD_BASELINES + PAIR_MODELS + ("pair_gbdt+infomap, markov 1.25",)
 
-# Infomap searches per partition (the best kept) wherever a row partitions with Infomap, baselines included:
-# chosen on the development draws (trials_* groups: 3 searches beat 1 on every generated row, 10 beat 3 nowhere).
-INFOMAP_TRIALS = 3
 # CPU sizes shared by every row of a seed method, so that the rows differ by algorithm only.
 FACET_SIZE = {"hop1": 29, "hop2": 5, "depth": 1, "heads": 2, "head_dim": 32, "ff_dim": 128, "dropout": 0.1,
               "epochs": 8, "batch_size": 32, "lr": 0.002, "warmup_steps": 50}
@@ -73,15 +71,15 @@ CLUSFORMER_SIZE = {"k": K, "d_model": 64, "nhead": 4, "dim_feedforward": 128, "n
                    "num_decoder_layers": 1, "dropout": 0.0, "epochs": 8, "batch_size": 64, "lr": 2e-3}
 # The project's FaceT: the demo preset (FACET_SIZE + the product edge embedding) with the pair
 # statistics, balanced sampling and the link rule tuned; Infomap weighs links by the root of their odds.
-FACET = {"preset": "demo", **FACET_SIZE, "link_rule": "tuned", "infomap_weight": "sqrt_odds",
-         "infomap_trials": INFOMAP_TRIALS}
-CLUSFORMER = {**CLUSFORMER_SIZE, "infomap_trials": INFOMAP_TRIALS}
+FACET = {"preset": "demo", **FACET_SIZE, "link_rule": "tuned", "infomap_weight": "sqrt_odds"}
+CLUSFORMER = {**CLUSFORMER_SIZE}
 # The pair models' trees and Infomap weight, chosen on the development draws (pair_gbdt_settings): the best
 # mean of FP and FB over both kinds of draw for each row.
 PAIR_GBDT = {"k": K, "max_iter": 100, "max_leaf_nodes": 15}
-PAIR_GBDT_INFOMAP = {"k": K, "max_iter": 400, "learning_rate": 0.05, "infomap_weight": "sqrt_odds",
-                     "infomap_trials": INFOMAP_TRIALS}
-BASELINE_PARAMS = {"infomap": {"num_trials": INFOMAP_TRIALS}}
+PAIR_GBDT_INFOMAP = {"k": K, "max_iter": 400, "learning_rate": 0.05, "infomap_weight": "sqrt_odds"}
+# Infomap Markov times chosen on the development draws (markov_* groups) by the mean of FP and FB over both kinds
+# of draw, row by row; the plain Infomap baseline kept 1 (every time over 1 lost there).
+MARKOV_CHOSEN = {"pair_gbdt+infomap": 1.25, "facet+infomap": 2.0, "facet+infomap (p)": 1.5, "clusformer+infomap": 1.25}
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def _retune(label: str, base: str, **changes: Any) -> HarnessRow:
 
 
 GROUPS: dict[str, Group] = {g.name: g for g in (
-    Group("baselines", tuple(HarnessRow(m, m, {"k": K, **BASELINE_PARAMS.get(m, {})}) for m in THRESHOLD_BASELINES),
+    Group("baselines", tuple(HarnessRow(m, m, {"k": K}) for m in THRESHOLD_BASELINES),
           "threshold baselines, threshold tuned"),
     Group("pair_gbdt", (
         HarnessRow("pair_gbdt", "pair_gbdt", PAIR_GBDT),
@@ -198,6 +196,19 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
         HarnessRow("clusformer+infomap m1", "clusformer+infomap", _one_search(CLUSFORMER)),
         *(_retune(f"clusformer+infomap m{m}", "clusformer+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
     ), "Clusformer + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
+    Group("markov_chosen_gbdt", (
+        HarnessRow("pair_gbdt+infomap, markov 1.25", "pair_gbdt+infomap",
+                   {**PAIR_GBDT_INFOMAP, "infomap_markov_time": MARKOV_CHOSEN["pair_gbdt+infomap"]}),
+    ), "the pair model + Infomap at the Markov time chosen on the development draws (a baseline)"),
+    Group("markov_chosen_facet", (
+        HarnessRow("facet+infomap, markov 2", "facet+infomap", {**FACET, "infomap_markov_time": MARKOV_CHOSEN["facet+infomap"]}),
+        _retune("facet+infomap (p), markov 1.5", "facet+infomap, markov 2", infomap_weight="probability",
+                infomap_markov_time=MARKOV_CHOSEN["facet+infomap (p)"]),
+    ), "FaceT + Infomap (root odds / probabilities) at the Markov times chosen on the development draws"),
+    Group("markov_chosen_clusformer", (
+        HarnessRow("clusformer+infomap, markov 1.25", "clusformer+infomap",
+                   {**CLUSFORMER, "infomap_markov_time": MARKOV_CHOSEN["clusformer+infomap"]}),
+    ), "Clusformer + Infomap at the Markov time chosen on the development draws"),
 )}
 GROUPS.update(EXPLORATION)
 # What each row adds to the one before it (the table's ablation column).
