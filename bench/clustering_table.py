@@ -129,6 +129,19 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
         _retune("clusformer+infomap (rule tuned)", "clusformer+infomap", link_rule="tuned"),
     ), "the project's Clusformer (+ product head and pair statistics), then + Infomap (link probabilities), "
        "then + link weights (root of the odds)"),
+    Group("markov_chosen_gbdt", (
+        HarnessRow("pair_gbdt+infomap, markov 1.25", "pair_gbdt+infomap",
+                   {**PAIR_GBDT_INFOMAP, "infomap_markov_time": MARKOV_CHOSEN["pair_gbdt+infomap"]}),
+    ), "the pair model + Infomap at the Markov time chosen on the development draws (a baseline)"),
+    Group("markov_chosen_facet", (
+        HarnessRow("facet+infomap, markov 2", "facet+infomap", {**FACET, "infomap_markov_time": MARKOV_CHOSEN["facet+infomap"]}),
+        _retune("facet+infomap (p), markov 1.5", "facet+infomap, markov 2", infomap_weight="probability",
+                infomap_markov_time=MARKOV_CHOSEN["facet+infomap (p)"]),
+    ), "FaceT + Infomap (root odds / probabilities) at the Markov times chosen on the development draws"),
+    Group("markov_chosen_clusformer", (
+        HarnessRow("clusformer+infomap, markov 1.25", "clusformer+infomap",
+                   {**CLUSFORMER, "infomap_markov_time": MARKOV_CHOSEN["clusformer+infomap"]}),
+    ), "Clusformer + Infomap at the Markov time chosen on the development draws"),
 )}
 DEFAULT_GROUPS = tuple(GROUPS)
 # Designs tried on the development draws only (``--groups``): the pair models' settings, and levers
@@ -196,19 +209,6 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
         HarnessRow("clusformer+infomap m1", "clusformer+infomap", _one_search(CLUSFORMER)),
         *(_retune(f"clusformer+infomap m{m}", "clusformer+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
     ), "Clusformer + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
-    Group("markov_chosen_gbdt", (
-        HarnessRow("pair_gbdt+infomap, markov 1.25", "pair_gbdt+infomap",
-                   {**PAIR_GBDT_INFOMAP, "infomap_markov_time": MARKOV_CHOSEN["pair_gbdt+infomap"]}),
-    ), "the pair model + Infomap at the Markov time chosen on the development draws (a baseline)"),
-    Group("markov_chosen_facet", (
-        HarnessRow("facet+infomap, markov 2", "facet+infomap", {**FACET, "infomap_markov_time": MARKOV_CHOSEN["facet+infomap"]}),
-        _retune("facet+infomap (p), markov 1.5", "facet+infomap, markov 2", infomap_weight="probability",
-                infomap_markov_time=MARKOV_CHOSEN["facet+infomap (p)"]),
-    ), "FaceT + Infomap (root odds / probabilities) at the Markov times chosen on the development draws"),
-    Group("markov_chosen_clusformer", (
-        HarnessRow("clusformer+infomap, markov 1.25", "clusformer+infomap",
-                   {**CLUSFORMER, "infomap_markov_time": MARKOV_CHOSEN["clusformer+infomap"]}),
-    ), "Clusformer + Infomap at the Markov time chosen on the development draws"),
 )}
 GROUPS.update(EXPLORATION)
 # What each row adds to the one before it (the table's ablation column).
