@@ -290,7 +290,8 @@ def test_ms1m_deployments_run_the_confirmed_configuration_at_the_papers_sizes_an
             (64, 256, 8, 6, 6, 50, 1e-4), name
     project = configs["ms1m"]
     assert (project.pair_stats, project.edge_embedding, project.loss_weighting, project.link_rule, project.partition,
-            project.infomap_weight) == (True, "concat_product", "balanced", "tuned", "infomap", "probability")
+            project.infomap_weight, project.infomap_markov_time) == \
+        (True, "concat_product", "balanced", "tuned", "infomap", "sqrt_odds", 2.0)
     assert configs["ms1m-full"] == dataclasses.replace(project, partition="union_find")
     paper = configs["ms1m-paper"]
     assert (paper.pair_stats, paper.edge_embedding, paper.loss_weighting, paper.link_rule, paper.partition) == \
