@@ -103,6 +103,14 @@ def _retune(label: str, base: str, **changes: Any) -> HarnessRow:
     return HarnessRow(label, base.split(" ")[0], changes, retune_of=base)
 
 
+def _search_rows(method: str, params: dict[str, Any], setting: str, tag: str, values: Sequence[Any]) -> tuple[HarnessRow, ...]:
+    """``method`` fitted once with one Infomap search (label "``method`` ``tag``1"), then retuned with Infomap's
+    ``setting`` at each of ``values`` (labels "``method`` ``tag``value")."""
+    base = f"{method} {tag}1"
+    return (HarnessRow(base, method, _one_search(params)),
+            *(_retune(f"{method} {tag}{value}", base, **{setting: value}) for value in values))
+
+
 GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("baselines", tuple(HarnessRow(m, m, {"k": K}) for m in THRESHOLD_BASELINES),
           "threshold baselines, threshold tuned"),
@@ -180,34 +188,28 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
     Group("trials_baselines", tuple(HarnessRow(f"infomap t{t}", "infomap", {"k": K, "num_trials": t}) for t in (3, 10)),
           "the Infomap baseline keeping the best of 3 / 10 searches"),
     Group("trials_gbdt", (
-        HarnessRow("pair_gbdt+infomap t1", "pair_gbdt+infomap", _one_search(PAIR_GBDT_INFOMAP)),
-        *(_retune(f"pair_gbdt+infomap t{t}", "pair_gbdt+infomap t1", infomap_trials=t) for t in (3, 10)),
+        *_search_rows("pair_gbdt+infomap", PAIR_GBDT_INFOMAP, "infomap_trials", "t", (3, 10)),
     ), "pair_gbdt + Infomap keeping the best of 1 / 3 / 10 searches"),
     Group("trials_facet", (
-        HarnessRow("facet+infomap t1", "facet+infomap", _one_search(FACET)),
-        *(_retune(f"facet+infomap t{t}", "facet+infomap t1", infomap_trials=t) for t in (3, 10)),
+        *_search_rows("facet+infomap", FACET, "infomap_trials", "t", (3, 10)),
         *(_retune(f"facet+infomap (p) t{t}", "facet+infomap t1", infomap_weight="probability", infomap_trials=t)
           for t in (1, 3, 10)),
     ), "FaceT + Infomap (root odds / probabilities) keeping the best of 1 / 3 / 10 searches"),
     Group("trials_clusformer", (
-        HarnessRow("clusformer+infomap t1", "clusformer+infomap", _one_search(CLUSFORMER)),
-        *(_retune(f"clusformer+infomap t{t}", "clusformer+infomap t1", infomap_trials=t) for t in (3, 10)),
+        *_search_rows("clusformer+infomap", CLUSFORMER, "infomap_trials", "t", (3, 10)),
     ), "Clusformer + Infomap keeping the best of 1 / 3 / 10 searches"),
     Group("markov_baselines", tuple(HarnessRow(f"infomap m{m}", "infomap", {"k": K, "markov_time": m}) for m in MARKOV_TIMES),
           "the Infomap baseline at Markov times over 1 (fewer, larger modules)"),
     Group("markov_gbdt", (
-        HarnessRow("pair_gbdt+infomap m1", "pair_gbdt+infomap", _one_search(PAIR_GBDT_INFOMAP)),
-        *(_retune(f"pair_gbdt+infomap m{m}", "pair_gbdt+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+        *_search_rows("pair_gbdt+infomap", PAIR_GBDT_INFOMAP, "infomap_markov_time", "m", MARKOV_TIMES),
     ), "pair_gbdt + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
     Group("markov_facet", (
-        HarnessRow("facet+infomap m1", "facet+infomap", _one_search(FACET)),
-        *(_retune(f"facet+infomap m{m}", "facet+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+        *_search_rows("facet+infomap", FACET, "infomap_markov_time", "m", MARKOV_TIMES),
         *(_retune(f"facet+infomap (p) m{m}", "facet+infomap m1", infomap_weight="probability", infomap_markov_time=m)
           for m in (1.0, *MARKOV_TIMES)),
     ), "FaceT + Infomap (root odds / probabilities) at Markov times 1 / 1.25 / 1.5 / 2"),
     Group("markov_clusformer", (
-        HarnessRow("clusformer+infomap m1", "clusformer+infomap", _one_search(CLUSFORMER)),
-        *(_retune(f"clusformer+infomap m{m}", "clusformer+infomap m1", infomap_markov_time=m) for m in MARKOV_TIMES),
+        *_search_rows("clusformer+infomap", CLUSFORMER, "infomap_markov_time", "m", MARKOV_TIMES),
     ), "Clusformer + Infomap at Markov times 1 / 1.25 / 1.5 / 2"),
 )}
 GROUPS.update(EXPLORATION)

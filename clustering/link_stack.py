@@ -27,7 +27,7 @@ from clustering.identities import TUNE_SAMPLES, split_by_identity, tuning_slices
 from clustering.knn import KnnGraph, build_knn
 from clustering.link_tuning import RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
 from clustering.links import cluster_confidence, directed_edges, undirected_links
-from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, InfomapSearch, partition_links
+from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, infomap_search, partition_links
 from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -58,7 +58,8 @@ class LinkStack(Clusterer):
         self, members: Sequence[Sequence[Any]] = (("facet", {"preset": "demo"}), ("pair_gbdt", {})), *, k: int = 30,
         val_fraction: float = 0.2, tune_samples: int = TUNE_SAMPLES, tune_on: str = "all", partition: str = "union_find",
         link_rule: str = TUNED_RULE, infomap_weight: str = "probability", infomap_trials: int = 1,
-        infomap_markov_time: float = 1.0, tau: float | None = None, max_size: int | None = None, min_size: int = 1, seed: int = 0,
+        infomap_markov_time: float = 1.0, tau: float | None = None, max_size: int | None = None, min_size: int = 1,
+        seed: int = 0,
     ) -> None:
         if len(members) < 2:
             raise ConfigError(f"link_stack: give at least two members, got {len(members)}")
@@ -76,12 +77,12 @@ class LinkStack(Clusterer):
         if not 0.0 < val_fraction < 1.0 or k < 2 or tune_samples < 1:
             raise ConfigError(f"link_stack: val_fraction in (0, 1), k >= 2 and tune_samples >= 1, got {val_fraction}, "
                               f"{k}, {tune_samples}")
-        InfomapSearch(infomap_trials, infomap_markov_time)  # refuses trials under 1 and a Markov time <= 0
         if tau is not None and not 0.0 <= tau < 1.0:
             raise ConfigError(f"link_stack: tau must be a probability in [0, 1) or None, got {tau}")
         self.k, self.val_fraction, self.tune_samples, self.tune_on = k, val_fraction, tune_samples, tune_on
         self.partition, self.link_rule, self.infomap_weight, self.tau = partition, link_rule, infomap_weight, tau
         self.infomap_trials, self.infomap_markov_time = infomap_trials, infomap_markov_time
+        infomap_search(self)  # refuses trials under 1 and a Markov time <= 0
         self.max_size, self.min_size, self.seed = max_size, min_size, seed
         self.fitted_: list[Clusterer] = []
         self.weights_: np.ndarray | None = None  # logistic regression: one weight per member, then the intercept
@@ -127,13 +128,9 @@ class LinkStack(Clusterer):
         tuning = tune_links(labels, heldout, ids, stacked, rules_to_try(self.link_rule, True),
                             None if self.tau is None else [log_odds(self.tau)], tune_on=self.tune_on,
                             partition=self.partition, max_size=self.max_size, seed=self.seed,
-                            link_weight=self.infomap_weight, infomap=self.infomap_search(), name="link_stack")
+                            link_weight=self.infomap_weight, infomap=infomap_search(self), name="link_stack")
         self.tau_ = tuning.tau
         self.link_rule_ = tuning.rule if self.link_rule == TUNED_RULE else None
-
-    def infomap_search(self) -> InfomapSearch:
-        """How Infomap partitions the stacked links."""
-        return InfomapSearch(self.infomap_trials, self.infomap_markov_time)
 
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         if self.weights_ is None or self.tau_ is None:
@@ -146,7 +143,7 @@ class LinkStack(Clusterer):
         src, dst, weight = undirected_links(n, ids, combined, rule, tau, logits=True)
         labels = partition_links(n, src, dst, weight, method=self.partition, tau=tau, max_size=self.max_size,
                                  min_size=self.min_size, seed=self.seed, link_weight=self.infomap_weight, logits=True,
-                                 **self.infomap_search().params(self.partition))
+                                 **infomap_search(self).params(self.partition))
         self.confidence_ = cluster_confidence(labels, ids, combined, rule, logits=True)
         return labels
 
@@ -160,8 +157,8 @@ class LinkStack(Clusterer):
             for i, ((name, _), member) in enumerate(zip(self.members, self.fitted_, strict=True)):
                 members.append((name, member.save(Path(tmp) / f"member{i}").read_bytes()))
         state = {key: getattr(self, key) for key in ("members", "k", "val_fraction", "tune_samples", "tune_on",
-                                                     "partition", "link_rule", "infomap_weight", "infomap_trials", "infomap_markov_time", "tau", "max_size",
-                                                     "min_size", "seed")}
+                                                     "partition", "link_rule", "infomap_weight", "infomap_trials",
+                                                     "infomap_markov_time", "tau", "max_size", "min_size", "seed")}
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(pickle.dumps({"format": FORMAT, "params": state, "members": members,
                                                 "weights": self.weights_, "tau": self.tau_, "link_rule": self.link_rule_}))

@@ -28,7 +28,7 @@ from clustering.knn import KnnGraph
 from clustering.link_tuning import EPOCH_RULE, RULE_CHOICES, TUNED_RULE, log_odds, rules_to_try, tune_links
 from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import NeighbourhoodIndex
-from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, InfomapSearch, partition_links
+from clustering.partition import LINK_WEIGHTS, PARTITION_METHODS, infomap_search, partition_links
 from semiface.atomic import atomic_path
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -85,7 +85,7 @@ class PairGbdt(Clusterer):
         if self.k < 2 or not 0.0 <= self.val_fraction < 1.0 or self.tune_samples < 1:
             raise ConfigError(f"pair_gbdt: k must be >= 2, val_fraction in [0, 1) and tune_samples >= 1, got "
                               f"{self.k}, {self.val_fraction}, {self.tune_samples}")
-        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
+        infomap_search(self)  # refuses trials under 1 and a Markov time <= 0
         if self.max_iter < 1 or self.learning_rate <= 0 or self.max_leaf_nodes < 2:
             raise ConfigError(f"pair_gbdt: max_iter >= 1, learning_rate > 0 and max_leaf_nodes >= 2, got "
                               f"{self.max_iter}, {self.learning_rate}, {self.max_leaf_nodes}")
@@ -98,10 +98,6 @@ class PairGbdt(Clusterer):
             raise ConfigError(f"pair_gbdt: tau must be a probability in [0, 1) or None, got {self.tau}")
         self.model_ = None
         self.link_rule_: str | None = None
-
-    def infomap_search(self) -> InfomapSearch:
-        """How Infomap partitions the links."""
-        return InfomapSearch(self.infomap_trials, self.infomap_markov_time)
 
     @property
     def threshold(self) -> float:
@@ -167,7 +163,7 @@ class PairGbdt(Clusterer):
         tuning = tune_links(labels[rows], heldout[rows], ids, scores, rules_to_try(self.link_rule, True),
                             None if self.tau is None else [log_odds(self.tau)], tune_on=self.tune_on,
                             partition=self.partition, max_size=self.max_size, seed=self.seed,
-                            link_weight=self.infomap_weight, infomap=self.infomap_search(), name="pair_gbdt")
+                            link_weight=self.infomap_weight, infomap=infomap_search(self), name="pair_gbdt")
         self.tau_ = tuning.tau
         self.link_rule_ = tuning.rule if self.link_rule == TUNED_RULE else None
 
@@ -185,7 +181,7 @@ class PairGbdt(Clusterer):
         labels = partition_links(n, src, dst, weight, method=self.partition, tau=self.threshold,
                                  max_size=self.max_size, min_size=self.min_size, seed=self.seed,
                                  link_weight=self.infomap_weight, logits=True,
-                                 **self.infomap_search().params(self.partition))
+                                 **infomap_search(self).params(self.partition))
         self.confidence_ = cluster_confidence(labels, ids, scores, self.rule, logits=True)
         return labels
 

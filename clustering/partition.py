@@ -110,6 +110,13 @@ class InfomapSearch:
 ONE_SEARCH = InfomapSearch()  # Infomap's own defaults: one search, Markov time 1
 
 
+def infomap_search(settings: object, final: bool = True) -> InfomapSearch:
+    """The search of a learned-link method's ``settings`` (its ``infomap_trials`` and ``infomap_markov_time``):
+    with its trials where tau is tuned after training and where a set is clustered (``final``), or once (an
+    epoch's quick score). Refuses trials under 1 and a Markov time <= 0."""
+    return InfomapSearch(settings.infomap_trials if final else 1, settings.infomap_markov_time)  # type: ignore[attr-defined]
+
+
 def link_flow(weight: np.ndarray, link_weight: str, *, logits: bool = False) -> np.ndarray:
     """What Infomap is given for links of ``weight`` (probabilities, or log-odds with ``logits``): see ``LINK_WEIGHTS``."""
     if link_weight == "probability":

@@ -52,6 +52,7 @@ def killed_after_steps(monkeypatch):
 def partitions_seen(monkeypatch) -> list[tuple[str, int, float]]:
     """(``link_weight``, Infomap trials, Markov time) of every ``partition_links`` call made by the tau search and by
     FaceT's and Clusformer's clustering (the real function still runs)."""
+    import clustering.clusformer.method
     import clustering.evaluate
     import clustering.facet.method
     import clustering.partition
@@ -63,8 +64,8 @@ def partitions_seen(monkeypatch) -> list[tuple[str, int, float]]:
         seen.append((kwargs.get("link_weight", "probability"), kwargs.get("num_trials", 1), kwargs.get("markov_time", 1.0)))
         return real(*args, **kwargs)
 
-    # evaluate and facet.method import the function; Clusformer imports it from its module when called
-    for module in (clustering.evaluate, clustering.facet.method, clustering.partition):
+    # evaluate and the two methods import the function: patch it where each looks it up
+    for module in (clustering.evaluate, clustering.facet.method, clustering.clusformer.method, clustering.partition):
         monkeypatch.setattr(module, "partition_links", spy)
     return seen
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
-from clustering.partition import LINK_WEIGHTS, InfomapSearch
+from clustering.partition import LINK_WEIGHTS, infomap_search
 from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError
 from semiface.training.settings import after_training
@@ -107,12 +107,8 @@ class ClusformerConfig:
     # faster on a CPU with bf16 instructions (logits within ~0.02, 0.03 % of links across tau at 250K)
     inference_precision: str = after_training("auto")
 
-    def infomap_search(self, final: bool = True) -> InfomapSearch:
-        """How Infomap searches: with the configured trials (``final``), or once (an epoch's quick score)."""
-        return InfomapSearch(self.infomap_trials if final else 1, self.infomap_markov_time)
-
     def __post_init__(self) -> None:
-        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
+        infomap_search(self)  # refuses trials under 1 and a Markov time <= 0
         if self.k < 2:
             raise ConfigError(f"clusformer: k must be >= 2 (centre + neighbours), got {self.k}")
         if self.radius_step is not None and not 0 < self.radius_step <= 2:

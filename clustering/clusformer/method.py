@@ -41,6 +41,7 @@ from clustering.link_tuning import (
 )
 from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS
+from clustering.partition import infomap_search, partition_links
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -215,8 +216,6 @@ class Clusformer(TunedLinks, Clusterer):
     # ------------------------------------------------------------------ clustering
     def fit_predict(self, features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
         """Cluster ``features`` with the trained model; labels int64 [N] (-1 = dropped)."""
-        from clustering.partition import partition_links
-
         cfg = self.config
         n = features.shape[0]
         ids, scores = self.directed_links(features, knn)
@@ -224,7 +223,7 @@ class Clusformer(TunedLinks, Clusterer):
         labels = partition_links(
             n, src, dst, weight, method=cfg.partition, tau=self.tau, link_weight=cfg.infomap_weight,
             max_size=cfg.max_size, min_size=cfg.min_size, seed=cfg.seed, logits=True,
-            **cfg.infomap_search().params(cfg.partition),
+            **infomap_search(cfg).params(cfg.partition),
         )
         confidence = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         if cfg.drop_below is not None:
@@ -312,7 +311,7 @@ class _Validator:
             self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
             None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
             max_size=cfg.max_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
-            infomap=cfg.infomap_search(final), quick=not final, name="clusformer",
+            infomap=infomap_search(cfg, final), quick=not final, name="clusformer",
         )
 
     def __call__(self, model: ClusformerNet) -> dict[str, float]:

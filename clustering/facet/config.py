@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from clustering.identities import EPOCH_VAL_SAMPLES, TUNE_SAMPLES
 from clustering.link_tuning import RULE_CHOICES
-from clustering.partition import LINK_WEIGHTS, InfomapSearch
+from clustering.partition import LINK_WEIGHTS, infomap_search
 from semiface.devices import INFERENCE_PRECISIONS
 from semiface.errors import ConfigError, reject_unknown
 from semiface.training.settings import after_training
@@ -143,12 +143,8 @@ class FaceTConfig:
     def replace(self, **changes: object) -> FaceTConfig:
         return dataclasses.replace(self, **changes)
 
-    def infomap_search(self, final: bool = True) -> InfomapSearch:
-        """How Infomap searches: with the configured trials (``final``), or once (an epoch's quick score)."""
-        return InfomapSearch(self.infomap_trials if final else 1, self.infomap_markov_time)
-
     def __post_init__(self) -> None:
-        self.infomap_search()  # refuses trials under 1 and a Markov time <= 0
+        infomap_search(self)  # refuses trials under 1 and a Markov time <= 0
         checks = [
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
             (self.edge_embedding in EDGE_EMBEDDINGS, f"edge_embedding must be one of {EDGE_EMBEDDINGS}, got {self.edge_embedding!r}"),

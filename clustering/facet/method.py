@@ -30,7 +30,7 @@ from clustering.link_tuning import (
 )
 from clustering.links import cluster_confidence, undirected_links
 from clustering.pair_stats import STAT_NEIGHBOURS, NeighbourhoodIndex
-from clustering.partition import partition_links
+from clustering.partition import infomap_search, partition_links
 from semiface.devices import resolve_device
 from semiface.errors import ConfigError, DataError
 from semiface.features import check_features
@@ -202,7 +202,7 @@ class FaceT(TunedLinks, Clusterer):
         labels = partition_links(
             len(features), src, dst, score, method=cfg.partition, tau=self.tau, max_size=cfg.max_cluster_size,
             min_size=cfg.min_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight, logits=True,
-            **cfg.infomap_search().params(cfg.partition),
+            **infomap_search(cfg).params(cfg.partition),
         )
         self.confidence_ = cluster_confidence(labels, ids, scores, self.link_rule, logits=True)
         return labels
@@ -295,7 +295,7 @@ class _Validator:
             self.labels, self.heldout, ids, scores, rules_to_try(cfg.link_rule, final),
             None if taus is None else [log_odds(t) for t in taus], tune_on=cfg.tune_on, partition=cfg.partition,
             max_size=cfg.max_cluster_size, seed=cfg.seed, link_weight=cfg.infomap_weight,
-            infomap=cfg.infomap_search(final), quick=not final, name="facet",
+            infomap=infomap_search(cfg, final), quick=not final, name="facet",
         )
 
     def __call__(self, model: FaceTModel) -> dict:
