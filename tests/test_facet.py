@@ -229,6 +229,15 @@ def test_infomap_weight_and_trials_reach_the_tau_search_and_the_partition(partit
         make_method("facet", infomap_trials=0)
 
 
+def test_facet_infomap_defaults_to_root_odds_weights_at_markov_time_2(partitions_seen) -> None:
+    """The confirmed configuration is the default: a FaceT + Infomap given no Infomap setting weighs its links
+    by the root of their odds and searches at Markov time 2, where tau is tuned and where a set is clustered."""
+    features, labels = blobs(12, 8, noise=0.3)
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25).fit(features, labels)
+    method.fit_predict(*blobs(10, 8, noise=0.3, seed=5)[:1], None)
+    assert partitions_seen and {(weight, markov_time) for weight, _, markov_time in partitions_seen} == {("sqrt_odds", 2.0)}
+
+
 def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tmp_path) -> None:
     """link_rule="tuned": each rule's links are tuned like tau on the labelled rows; the best is kept and saved."""
     from clustering.evaluate import tune_link_threshold

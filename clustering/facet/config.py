@@ -90,9 +90,12 @@ class FaceTConfig:
     infomap_weight: str = after_training("sqrt_odds")
     # Infomap searches per partition, the one of least code length kept, where tau is tuned after training and
     # where a set is clustered (an epoch's quick score uses one); Infomap's Markov time (> 1: fewer, larger
-    # modules). See clustering.partition.InfomapSearch.
+    # modules). See clustering.partition.InfomapSearch. Markov time 2, not Infomap's 1: with root-odds weights
+    # at time 1 FaceT + Infomap split identities into sub-modules on some draws (-1.7 +- 7.1 FP over the best
+    # baseline on ten confirmation draws of generated features); chosen at 2 on the development draws, it led
+    # every baseline on all 15 confirmation draws (docs/experiments/clustering.md, "Infomap's search").
     infomap_trials: int = after_training(1)
-    infomap_markov_time: float = after_training(1.0)
+    infomap_markov_time: float = after_training(2.0)
     # link threshold as a probability; None = tuned on the validation slice (as log-odds: ``FaceT.tau_``)
     tau: float | None = after_training(None)
     max_cluster_size: int | None = after_training(None)
