@@ -176,6 +176,14 @@ EXPLORATION: dict[str, Group] = {g.name: g for g in (
         _retune("stack facet+gbdt", "stack facet+gbdt +infomap", partition="union_find"),
         _retune("stack facet+gbdt +infomap (p)", "stack facet+gbdt +infomap", infomap_weight="probability"),
     ), "FaceT's and pair_gbdt's link log-odds stacked (logistic regression on held-out identities' links)"),
+    Group("stack_facet_gbdt_markov", (
+        HarnessRow("stack facet+gbdt +infomap m2", "link_stack", {"members": [("facet", FACET), _GBDT_MEMBER], "k": K,
+                                                                   "partition": "infomap", "infomap_weight": "sqrt_odds",
+                                                                   "infomap_markov_time": 2.0}),
+        _retune("stack facet+gbdt +infomap m1.25", "stack facet+gbdt +infomap m2", infomap_markov_time=1.25),
+        _retune("stack facet+gbdt +infomap (p) m1.5", "stack facet+gbdt +infomap m2", infomap_weight="probability",
+                infomap_markov_time=1.5),
+    ), "FaceT's and pair_gbdt's links stacked, Infomap at the Markov times chosen for FaceT's rows"),
     Group("stack_clusformer_gbdt", (
         HarnessRow("stack clusformer+gbdt +infomap", "link_stack", {"members": [("clusformer", CLUSFORMER), _GBDT_MEMBER],
                                                                      "k": K, "partition": "infomap"}),
