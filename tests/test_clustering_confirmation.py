@@ -35,6 +35,7 @@ def test_the_default_facet_infomap_leads_every_baseline_on_the_confirmation_draw
         for name in GROUPS:
             table.run_group(table.GROUPS[name], draw)
     leads = table.with_leads(table.collect(draws, GROUPS))
+    print(table.format_summary(table.summarise(leads), "confirmation", kind))  # shown with pytest -s
     ours = leads[leads["method"] == WINNER]
     assert len(ours) == len(draws)
     fp, fb = MEASURED[kind]

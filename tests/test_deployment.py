@@ -264,6 +264,20 @@ def test_the_demo_deployment_runs_make_demos_settings() -> None:
     assert demo["ratio"] == max(DEMO_PARAMETERS["ratios"]) and demo["labels"] == "clusters"
 
 
+def test_every_demo_method_builds_and_caps_its_clusters() -> None:
+    """``python -m flows.demo --method M``: each method's parameters make that method, every one capped at the demo's
+    cluster size; ``clusformer+infomap`` partitions with Infomap at the Markov time the bench chose for it."""
+    from clustering.base import make_method
+    from flows.demo import CLUSTER_CAP, METHOD_PARAMS
+
+    for name, params in METHOD_PARAMS.items():
+        method = make_method(name, **params)
+        settings = getattr(method, "config", method)
+        assert CLUSTER_CAP in {getattr(settings, "max_size", None), getattr(settings, "max_cluster_size", None)}, name
+    config = make_method("clusformer+infomap", **METHOD_PARAMS["clusformer+infomap"]).config
+    assert (config.partition, config.infomap_markov_time) == ("infomap", 1.25)
+
+
 def test_ms1m_deployments_run_the_confirmed_configuration_at_the_papers_sizes_and_keep_the_papers_algorithms() -> None:
     """ms1m / ms1m-clusformer: each method at its paper's sizes with the project's pieces and an Infomap partition
     (the confirmation draws' leader); ms1m-paper / ms1m-clusformer-paper: the papers' algorithms; ms1m-full: the
