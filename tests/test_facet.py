@@ -242,6 +242,7 @@ def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tm
     """link_rule="tuned": each rule's links are tuned like tau on the labelled rows; the best is kept and saved."""
     from clustering.evaluate import tune_link_threshold
     from clustering.identities import split_by_identity
+    from clustering.partition import infomap_search
 
     features, labels = blobs(16, 6, noise=0.8)
     method = make_method("facet+infomap", preset="demo", **TINY, epochs=2, val_fraction=0.25, link_rule="tuned")
@@ -255,7 +256,8 @@ def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tm
     for rule in ("any", "mutual", "average"):
         fixed.config = fixed.config.replace(link_rule=rule)
         _, tau, scores = tune_link_threshold(labels, heldout, *fixed.predict_links(features, knn, -np.inf),
-                                             partition="infomap", link_weight=method.config.infomap_weight, logits=True)
+                                             partition="infomap", link_weight=method.config.infomap_weight, logits=True,
+                                             infomap=infomap_search(method.config))
         tuned[rule] = (scores["all_pairwise_f"] + scores["all_bcubed_f"]) / 2, tau
     assert method.link_rule == method.link_rule_ == max(tuned, key=lambda r: tuned[r][0])
     assert method.tau_ == pytest.approx(tuned[method.link_rule][1])
