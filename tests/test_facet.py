@@ -238,6 +238,20 @@ def test_facet_infomap_defaults_to_root_odds_weights_at_markov_time_2(partitions
     assert partitions_seen and {(weight, markov_time) for weight, _, markov_time in partitions_seen} == {("sqrt_odds", 2.0)}
 
 
+def test_a_model_saved_before_the_markov_time_setting_loads_at_the_time_it_was_tuned_at(tmp_path) -> None:
+    """Saved today, a model keeps its Markov time (2 by default); saved without the field (before it existed), it
+    loads at Infomap's own time 1, the one its tau was tuned at, not at the new default."""
+    features, labels = blobs(12, 8, noise=0.3)
+    method = make_method("facet+infomap", preset="demo", **TINY, epochs=1, val_fraction=0.25).fit(features, labels)
+    path = method.save(tmp_path / "facet.pt")
+    assert FaceT.load(path).config.infomap_markov_time == 2.0
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["infomap_markov_time"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = FaceT.load(tmp_path / "old.pt")
+    assert old.config.infomap_markov_time == 1.0 and old.tau_ == method.tau_
+
+
 def test_a_tuned_link_rule_is_the_one_scoring_best_on_the_labelled_tune_slice(tmp_path) -> None:
     """link_rule="tuned": each rule's links are tuned like tau on the labelled rows; the best is kept and saved."""
     from clustering.evaluate import tune_link_threshold

@@ -246,6 +246,8 @@ class FaceT(TunedLinks, Clusterer):
         """Load a model written by ``save``; ``device`` overrides the saved one."""
         payload = load_model_file(path, MODEL_FORMAT, "FaceT")
         config = dict(payload["config"])
+        # A model saved before the setting existed was tuned and clusters at Infomap's own Markov time, not today's default.
+        config.setdefault("infomap_markov_time", 1.0)
         if device is not None:
             config["device"] = device
         method = cls(**config)
